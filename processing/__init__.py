@@ -1,0 +1,1 @@
+"""processing package (repository-level; not shipped to the Hub)."""

@@ -1,0 +1,1 @@
+"""training package (repository-level; not shipped to the Hub)."""
