@@ -144,6 +144,11 @@ def read_reference_csv(
 
     Returns:
         A :class:`StudyTable` with absolute paths and ``None`` for missing views, in CSV order.
+
+    Raises:
+        FileNotFoundError: the CSV (or, with ``check_files``, an image) does not exist.
+        ValueError: a required column is absent, a frontal is missing (``missing_frontal="error"``), or a report is
+            empty; the message names the line and the value.
     """
     import pandas as pd
 
@@ -242,7 +247,13 @@ def write_reference_csv(
                 if value is None:
                     out.append(MISSING_VIEW)
                 elif base is not None:
-                    out.append(Path(value).resolve().relative_to(base).as_posix())
+                    try:
+                        out.append(Path(value).resolve().relative_to(base).as_posix())
+                    except ValueError:
+                        raise ValueError(
+                            f"row {index} ({row.get('study_id')!r}), {slot!r}: {str(value)!r} is not inside "
+                            f"relative_to={str(base)!r}; pass another folder or None for absolute paths"
+                        ) from None
                 else:
                     out.append(str(Path(value).resolve()))
             out.append(row[REPORT_COLUMN])

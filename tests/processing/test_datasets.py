@@ -364,3 +364,9 @@ def test_cli(mimic_root: Path, tmp_path: Path, capsys):
     assert "4 studies kept" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["mimic", "--root", str(mimic_root)])
+
+
+def test_write_reference_csv_outside_relative_root(tmp_path: Path):
+    row = {"frontal": str(tmp_path / "a.jpg"), "lateral": None, "prior_frontal": None, "prior_lateral": None}
+    with pytest.raises(ValueError, match="is not inside relative_to="):
+        write_reference_csv([{**row, "report": "r", "study_id": "s1"}], tmp_path / "t.csv", relative_to=tmp_path / "x")
