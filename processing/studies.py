@@ -457,7 +457,8 @@ def build_mimic_studies(
     ]
     if check_files:
         exists = meta["path"].map(lambda p: Path(p).is_file())
-        table.notes["image_files_missing"] += int((~exists).sum())
+        if (~exists).any():  # a Counter keeps zero entries, which would clutter the summary
+            table.notes["image_files_missing"] += int((~exists).sum())
         meta = meta[exists]
 
     # 1. Pick one frontal and one lateral per study: sort by the tie-break, keep the first of each (study, kind).
