@@ -50,7 +50,7 @@ class AltaPretrainingLoss(torch.nn.Module):
     `forward(outputs)` takes an [`AltaForPreTrainingOutput`] computed with `return_loss=False` and returns a dict
     with `loss` (what to back-propagate on this process; DDP's gradient averaging then gives the gradient of the
     global-batch loss) and the detached loss terms `contrastive_loss`, `local_loss`, `reconstruction_loss`,
-    `mlm_loss` (each the global-batch value, identical on every process).
+    `mlm_loss` and their weighted sum `total_loss` (each the global-batch value, identical on every process).
     """
 
     def __init__(
@@ -130,6 +130,13 @@ class AltaPretrainingLoss(torch.nn.Module):
             total = total + self.mlm_weight * mlm
             terms["mlm_loss"] = mlm
         reported = {k: self._global_mean(v.detach(), n, sizes, k == "mlm_loss") for k, v in terms.items()}
+        weights = {
+            "contrastive_loss": self.contrastive_weight,
+            "local_loss": self.local_weight,
+            "reconstruction_loss": self.reconstruction_weight,
+            "mlm_loss": self.mlm_weight,
+        }
+        reported["total_loss"] = sum(weights[k] * v for k, v in reported.items())
         return {"loss": total, **reported}
 
     @staticmethod
