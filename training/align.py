@@ -141,14 +141,17 @@ def build_model(model_args: ModelArguments, args: AlignArguments):
         overrides.update(contrastive_loss_weight=0.0, local_loss_weight=0.0)
     if model_args.local_loss_chunk_size:
         overrides["local_loss_chunk_size"] = model_args.local_loss_chunk_size
+    extra = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     if model_args.model_name_or_path:
+        if extra:
+            raise ValueError("--config_overrides applies to --preset models; a loaded model keeps its sizes.")
         model = AltaForPreTraining.from_pretrained(model_args.model_name_or_path)
         for key, value in overrides.items():
             setattr(model.config, key, value)
     else:
         from configuration import load_preset
 
-        model = AltaForPreTraining(load_preset(model_args.preset, **overrides))
+        model = AltaForPreTraining(load_preset(model_args.preset, **{**extra, **overrides}))
     vision = model.config.vision_config
     vision.mask_ratio = args.mask_ratio
     vision.norm_pix_loss = args.norm_pix_loss

@@ -40,6 +40,12 @@ class ModelArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--adapter lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (--adapter lora)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (--adapter lora)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON merged into the preset/loaded config, e.g. \'{"vision_config": {"image_size": 64}}\'.'
+        },
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
     text_dropout: float | None = field(
         default=None, metadata={"help": "Override the text tower's dropout (CXR-BERT uses 0.25)."}
