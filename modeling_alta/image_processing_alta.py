@@ -499,6 +499,9 @@ class AltaImageProcessor(BaseImageProcessor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
+# `save_pretrained` then copies this file (and `cxr_io_alta.py`) and writes `auto_map`, for `trust_remote_code`.
+AltaImageProcessor.register_for_auto_class("AutoImageProcessor")
+
 __all__ = [
     "VIEW_NAMES",
     "AltaAugmentParams",
