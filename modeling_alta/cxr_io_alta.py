@@ -94,6 +94,15 @@ def _window_to_uint8(data: np.ndarray, center: float, width: float, function: st
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def _lut_values(item: Any) -> np.ndarray:
+    # LUT Data may arrive as a list of ints (VR US) or as raw OW bytes whose width the descriptor gives.
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        dtype = np.uint16 if int(item.LUTDescriptor[2]) > 8 else np.uint8
+        return np.frombuffer(bytes(data), dtype=dtype).astype(np.float64)
+    return np.asarray(data, dtype=np.float64).ravel()
+
+
 def _first(value: Any) -> float:
     # Window Center/Width may be multi-valued; the first pair is the default presentation.
     try:
@@ -146,8 +155,9 @@ def dicom_to_uint8(dataset: Any, rule: str = "voi", name: str = "DICOM") -> np.n
     data = pixel_tools.apply_modality_lut(pixels, dataset).astype(np.float64)
     voi_sequence = getattr(dataset, "VOILUTSequence", None)
     if voi_sequence:
-        looked_up = pixel_tools.apply_voi(data, dataset, index=0).astype(np.float64)
-        lut = np.asarray(voi_sequence[0].LUTData, dtype=np.float64)
+        # LUTs are indexed by stored integers; a rescaled (float) image is rounded first.
+        looked_up = pixel_tools.apply_voi(np.rint(data).astype(np.int64), dataset, index=0).astype(np.float64)
+        lut = _lut_values(voi_sequence[0])
         low, high = float(lut.min()), float(lut.max())
         scaled = (looked_up - low) * (255.0 / (high - low)) if high > low else np.zeros_like(looked_up)
         out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
