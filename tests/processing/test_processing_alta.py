@@ -149,3 +149,18 @@ def test_auto_classes_load_in_a_fresh_interpreter_without_the_package(processor,
     """
     output = run_isolated(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert output.startswith("OK transformers_modules"), output
+
+
+@pytest.mark.parametrize("name", ["cxr_io_alta", "image_processing_alta", "processing_alta"])
+def test_hub_files_import_only_what_users_have(name):
+    """Absolute imports outside `try:` become hard requirements of the remote code (pydicom must stay optional)."""
+    import sys
+    from pathlib import Path
+
+    from transformers.dynamic_module_utils import get_imports
+
+    import modeling_alta
+
+    path = Path(modeling_alta.__file__).parent / f"{name}.py"
+    third_party = {module for module in get_imports(path) if module not in sys.stdlib_module_names}
+    assert third_party <= {"numpy", "PIL", "transformers"}, third_party
