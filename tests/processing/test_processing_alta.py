@@ -164,3 +164,25 @@ def test_hub_files_import_only_what_users_have(name):
     path = Path(modeling_alta.__file__).parent / f"{name}.py"
     third_party = {module for module in get_imports(path) if module not in sys.stdlib_module_names}
     assert third_party <= {"numpy", "PIL", "transformers"}, third_party
+
+
+def test_zero_shot_pipeline_uses_the_saved_processor_parts(processor, tmp_path, real_cxr_dir):
+    """The pipeline loads AutoImageProcessor + AutoTokenizer (never AutoProcessor) from the model folder."""
+    from configuration import load_preset
+    from modeling_alta import AltaModel
+
+    folder = tmp_path / "model"
+    AltaModel(load_preset("alta-tiny")).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    image = sorted((real_cxr_dir / "nih").glob("*.png"))[0]
+    code = f"""
+    from transformers import pipeline
+    clf = pipeline("zero-shot-image-classification", model={str(folder)!r}, trust_remote_code=True)
+    assert type(clf.image_processor).__name__ == "AltaImageProcessor", type(clf.image_processor)
+    result = clf({str(image)!r}, candidate_labels=["pleural effusion", "no finding"], hypothesis_template="{{}}")
+    assert sorted(r["label"] for r in result) == ["no finding", "pleural effusion"], result
+    assert abs(sum(r["score"] for r in result) - 1) < 1e-5, result
+    print("OK")
+    """
+    output = run_isolated(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert output.strip().endswith("OK"), output
