@@ -457,7 +457,7 @@ def train_step(model, batch, loss_fn, optimizer, accelerator, args: AlignArgumen
     finite = torch.isfinite(losses["loss"].detach()).float()
     finite = accelerator.reduce(finite, reduction="sum") if accelerator.num_processes > 1 else finite
     if float(finite) < accelerator.num_processes:
-        details = {k: float(v) for k, v in losses.items()}
+        details = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(f"non-finite loss {details}")
     accelerator.backward(losses["loss"] / args.gradient_accumulation_steps)
     return {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
@@ -562,13 +562,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     log.update(
                         {
                             "train/lr": lr,
-                            "train/logit_scale": float(unwrapped.alta.logit_scale.exp()),
+                            "train/logit_scale": float(unwrapped.alta.logit_scale.detach().exp()),
                             "train/samples_per_second": throughput,
                             "train/skipped_studies": state.skipped_studies,
                         }
                     )
                     for i, scale in enumerate(unwrapped.alta.local_scales(), start=1):
-                        log[f"train/logit_scale_local{i}"] = float(scale)
+                        log[f"train/logit_scale_local{i}"] = float(scale.detach())
                     accelerator.log(log, step=state.global_step)
                 if args.eval_steps and data_args.validation_path and state.global_step % args.eval_steps == 0:
                     metrics.update(validate(unwrapped, processor, data_args, accelerator, state.global_step))
