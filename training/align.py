@@ -129,7 +129,6 @@ def _trackers(report_to: str) -> list[str]:
 
 def build_model(model_args: ModelArguments, args: AlignArguments):
     from modeling_alta import AltaForPreTraining
-    from modeling_alta.processing_alta import AltaProcessor
 
     overrides = {
         "contrastive_loss_weight": args.contrastive_loss_weight,
@@ -215,19 +214,28 @@ def apply_training_mode(model, model_args: ModelArguments) -> dict[str, int]:
         for module in model.alta_adapters():
             unused.update(id(p) for p in module.parameters())
         alta = model.alta
-        for head in (alta.vision_projection, alta.vision_local_projection, alta.text_projection, alta.text_local_projection):
+        for head in (
+            alta.vision_projection,
+            alta.vision_local_projection,
+            alta.text_projection,
+            alta.text_local_projection,
+        ):
             unused.update(id(p) for p in head.parameters())
         for name in ("logit_scale", "logit_scale_local1", "logit_scale_local2", "logit_scale_local3"):
             unused.add(id(getattr(alta, name)))
-        frozen_buffers = {id(model.alta.vision_model.embeddings.position_embedding),
-                          id(model.alta.vision_model.embeddings.missing_token),
-                          id(model.decoder.position_embedding)}
+        frozen_buffers = {
+            id(model.alta.vision_model.embeddings.position_embedding),
+            id(model.alta.vision_model.embeddings.missing_token),
+            id(model.decoder.position_embedding),
+        }
         for param in model.parameters():
             param.requires_grad_(id(param) not in unused and id(param) not in frozen_buffers)
         return model.num_trainable_parameters()
     from training.peft_utils import apply_adapter_method
 
-    apply_adapter_method(model, method, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout)
+    apply_adapter_method(
+        model, method, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout
+    )
     return model.num_trainable_parameters()
 
 
@@ -496,7 +504,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tracker_config = {**asdict(model_args), **asdict(data_args), **{k: v for k, v in asdict(args).items()}}
     if accelerator.trackers is not None and _trackers(args.report_to):
-        accelerator.init_trackers("alta-align", config={k: v for k, v in tracker_config.items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "alta-align", config={k: v for k, v in tracker_config.items() if isinstance(v, (int, float, str, bool))}
+        )
     if accelerator.is_main_process:
         logger.info(
             "training %s: %d of %d parameters trainable (%.2f%%); %d processes x %d studies; peak lr %.3g; %d steps",
