@@ -1,1 +1,1 @@
-"""Makes setuptools ship the `alta_precision_at_k` metric module; evaluate loads `alta_precision_at_k.py` by path (see training/metrics)."""
+"""Package marker: setuptools ships `alta_precision_at_k.py`, loaded by evaluate by path."""
