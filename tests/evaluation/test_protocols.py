@@ -246,3 +246,15 @@ def test_text_to_image_and_image_to_image_precision_by_hand():
     assert image_to_image_precision([[0.0, 2.0]], gallery, [2], gallery_labels, ks=(1, 2)) == {"p@1": 1.0, "p@2": 0.5}
     with pytest.raises(ValueError, match="k=.*|gallery size"):
         image_to_image_precision([[0.0, 2.0]], gallery, [2], gallery_labels)  # default K up to 50 > 4 candidates
+
+
+def test_auto_backend_falls_back_to_numpy_without_sklearn(monkeypatch):
+    import sys
+
+    labels = np.array([0, 1] * 15)
+    expected = stratified_kfold(labels, 10, backend="numpy")
+    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # makes the import fail
+    with pytest.raises(ImportError):
+        stratified_kfold(labels, 10, backend="sklearn")
+    folds = stratified_kfold(labels, 10)  # auto
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, expected))
