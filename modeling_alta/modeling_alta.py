@@ -590,20 +590,25 @@ class AltaVisionLayer(nn.Module):
         normed = self.norm2(hidden_states)
         out = self.mlp(normed)
         if self.mlp_adapter is not None and self.mlp_adapter.enabled:
-            out = out + self.mlp_scale * self.mlp_adapter(normed)
+            out = torch.add(out, self.mlp_adapter(normed), alpha=self.mlp_scale)  # one pass, no scaled copy
         return hidden_states + out
 
 
-def _run_layers(module: nn.Module, layers: nn.ModuleList, hidden_states: torch.Tensor, *args: Any) -> tuple:
-    """Apply `layers` in order, with gradient checkpointing when the owner enables it; return (out, all states)."""
-    states = [hidden_states]
+def _run_layers(
+    module: nn.Module, layers: nn.ModuleList, hidden_states: torch.Tensor, *args: Any, keep_states: bool = False
+) -> tuple:
+    """Apply `layers` in order, with gradient checkpointing when the owner enables it; return (out, states), where
+    states holds every layer's input and the output when `keep_states`, else None (holding them all would keep
+    every layer's activations alive in inference; benchmarks/RESULTS.md)."""
+    states = [hidden_states] if keep_states else None
     for layer in layers:
         if getattr(module, "gradient_checkpointing", False) and module.training and torch.is_grad_enabled():
             hidden_states = module._gradient_checkpointing_func(layer.__call__, hidden_states, *args)
         else:
             hidden_states = layer(hidden_states, *args)
-        states.append(hidden_states)
-    return hidden_states, tuple(states)
+        if states is not None:
+            states.append(hidden_states)
+    return hidden_states, (tuple(states) if states is not None else None)
 
 
 class AltaVisionTransformer(nn.Module):
@@ -634,8 +639,8 @@ class AltaVisionTransformer(nn.Module):
         self.gradient_checkpointing = False
 
     def _encode(self, tokens: torch.Tensor, output_hidden_states: bool) -> tuple[torch.Tensor, tuple | None]:
-        hidden, states = _run_layers(self, self.layers, tokens)
-        return self.norm(hidden), (states if output_hidden_states else None)
+        hidden, states = _run_layers(self, self.layers, tokens, keep_states=output_hidden_states)
+        return self.norm(hidden), states
 
     def forward(
         self,
@@ -838,7 +843,7 @@ class AltaTextLayer(nn.Module):
             attn = self.attn_adapter(attn)
         out = self.output(self.intermediate(attn), attn)
         if self.mlp_adapter is not None and self.mlp_adapter.enabled:
-            out = out + self.mlp_scale * self.mlp_adapter(attn)
+            out = torch.add(out, self.mlp_adapter(attn), alpha=self.mlp_scale)
         return out
 
 
@@ -848,8 +853,10 @@ class AltaTextEncoder(nn.Module):
         self.layer = nn.ModuleList([AltaTextLayer(config, i) for i in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None) -> tuple:
-        return _run_layers(self, self.layer, hidden_states, attn_mask)
+    def forward(
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, output_hidden_states: bool = False
+    ) -> tuple:
+        return _run_layers(self, self.layer, hidden_states, attn_mask, keep_states=output_hidden_states)
 
 
 class AltaTextTransformer(nn.Module):
@@ -883,12 +890,8 @@ class AltaTextTransformer(nn.Module):
         attn_mask = None
         if attention_mask is not None:
             attn_mask = attention_mask[:, None, None, :].to(torch.bool)
-        hidden, states = self.encoder(hidden, attn_mask)
-        return AltaTextModelOutput(
-            last_hidden_state=hidden,
-            pooler_output=hidden[:, 0],
-            hidden_states=states if output_hidden_states else None,
-        )
+        hidden, states = self.encoder(hidden, attn_mask, output_hidden_states)
+        return AltaTextModelOutput(last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=states)
 
 
 # ---------------------------------------------------------------------------------------------------------------
