@@ -1,0 +1,234 @@
+"""Helpers shared by the benchmark scripts: the machine, timing, peak memory, markdown tables.
+
+Timing is wall clock, best of several rounds: on a shared machine the fastest round is the one least disturbed by
+other processes, and peers are timed in alternating rounds of the same run so that a ratio compares like with like.
+Peak memory on CPU is the rise of the process's peak resident set (`VmHWM`, reset through `/proc/self/clear_refs`
+on Linux) over the resident set before the call; on CUDA it is `max_memory_allocated` over the allocation before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+
+MIB = 2**20
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines(device: torch.device) -> list[str]:
+    """What ran the benchmark, as markdown bullet lines."""
+    import transformers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- cpu: {cpu_model()}, {cores} cores available, torch threads {torch.get_num_threads()}",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
+    ]
+    if hasattr(os, "getloadavg"):
+        lines.append("- load average at start (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if device.type == "cuda":
+        lines.append(f"- device: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})")
+    else:
+        lines.append("- device: cpu")
+    return lines
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """`fp32`: no autocast; `bf16`: `torch.autocast` to bfloat16 on the device (CPU autocast on CPU)."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_best(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    """Best (lowest) seconds per call of each function, timed in alternating rounds after `warmup` untimed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(max(1, rounds)):
+        for name, fn in fns.items():
+            best[name] = min(best[name], time_call(fn, device))
+    return best
+
+
+# -- peak memory ---------------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _hwm_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _trim_heap() -> None:
+    # Give freed heap memory back to the system first, or memory kept by malloc after earlier calls would hide
+    # this call's peak (glibc only; elsewhere a no-op).
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """Yields a dict filled on exit with `peak_mib`: the memory the block added at its peak (see module docstring).
+
+    Where the resident-set peak cannot be reset (not Linux), falls back to `ru_maxrss`, the process's lifetime peak,
+    and says so under `note`.
+    """
+    result: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result["peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / MIB
+        return
+    _trim_heap()
+    before = _rss_bytes()
+    if before is not None and _reset_hwm():
+        yield result
+        peak = _hwm_bytes()
+        result["peak_mib"] = (max(peak, before) - before) / MIB if peak is not None else float("nan")
+        return
+    yield result
+    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result["note"] = "process lifetime peak RSS"
+
+
+def measure_peak(fn: Callable[[], object], device: torch.device) -> float:
+    with peak_memory(device) as mem:
+        fn()
+    return mem["peak_mib"]
+
+
+# -- the machine's matmul rate ---------------------------------------------------------------------------------------
+
+
+def matmul_rate(device: torch.device, size: int, dtype: torch.dtype, rounds: int) -> float:
+    """Best measured FLOP/s of a dense `size x size @ size x size` GEMM (2 size^3 FLOPs)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    seconds = interleaved_best({"gemm": lambda: a @ b}, device, rounds)["gemm"]
+    return 2 * size**3 / seconds
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call as `torch.utils.flop_counter` counts them (matmuls, convolutions, attention; 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# -- output ----------------------------------------------------------------------------------------------------------
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(x: object) -> str:
+        if isinstance(x, float):
+            if x != x:  # nan
+                return "n/a"
+            return f"{x:.3g}" if abs(x) < 100 else f"{x:,.0f}"
+        return str(x)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def add_common_arguments(parser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one round, for CI smoke runs")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def setup(args) -> torch.device:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return pick_device(args.device)
+
+
+def base_config(quick: bool):
+    """The `alta-base` preset (the released sizes), or `alta-tiny` for `--quick`."""
+    from configuration import load_preset
+
+    return load_preset("alta-tiny" if quick else "alta-base")

@@ -1,0 +1,41 @@
+"""The benchmark scripts run in their `--quick` mode (tiny configs, one round), so they cannot rot.
+
+Nothing here is timed or compared with a threshold: the test only checks that each script finishes and prints its
+markdown table. Figures live in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+CASES = {
+    "bench_inference.py": ["## Image embedding", "| dtype | batch | ALTA images/s", "## Arithmetic limit"],
+    "bench_training.py": ["## Training step", "## Where the step goes", "## Local loss"],
+    "bench_zeroshot.py": ["## Zero-shot CheXpert 5x200", "| dtype | prompts s (once)"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest) -> None:
+    command = [sys.executable, str(BENCHMARKS / script), "--quick", "--device", "cpu", "--threads", "1"]
+    if script == "bench_zeroshot.py":  # the tokenizer vocabulary lives with the parity goldens
+        command += ["--tokenizer", str(request.getfixturevalue("parity_dir") / "BiomedVLP-CXR-BERT-specialized")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for marker in CASES[script]:
+        assert marker in done.stdout, f"{marker!r} missing from the output of {script}:\n{done.stdout[-2000:]}"
