@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +53,8 @@ def machine_lines(device: torch.device) -> list[str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
         f"- date: {datetime.date.today().isoformat()}",
-        f"- cpu: {cpu_model()}, {cores} cores available, torch threads {torch.get_num_threads()}",
+        f"- cpu: {cpu_model()}, {cores} cores available, torch threads {torch.get_num_threads()}, "
+        f"timer {'process CPU time' if _clock is time.process_time else 'wall clock'}",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
     ]
     if hasattr(os, "getloadavg"):
@@ -78,26 +80,55 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     raise ValueError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
 
 
+# `wall` (default): elapsed time. `process`: CPU time of the whole process, which does not count the time spent
+# waiting for a core while other programs run, so on a shared machine it gives steadier ratios; use it with
+# `--threads 1` (with more threads it would add up the threads' times, spin-waits included). CPU only.
+_CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+_clock = time.perf_counter
+
+
+def now() -> float:
+    """The benchmark clock (`--timer`)."""
+    return _clock()
+
+
 def time_call(fn: Callable[[], object], device: torch.device) -> float:
     synchronize(device)
-    start = time.perf_counter()
+    start = _clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return _clock() - start
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in every round, after `warmup` untimed rounds.
+
+    The functions run in alternating rounds (the order reversed every other round), so round `r` of two functions
+    saw about the same machine load: ratios should be taken round by round (`paired_median`).
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    items = list(fns.items())
+    for r in range(max(1, rounds)):
+        for name, fn in items if r % 2 == 0 else items[::-1]:
+            times[name].append(time_call(fn, device))
+    return times
 
 
 def interleaved_best(
     fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 1
 ) -> dict[str, float]:
-    """Best (lowest) seconds per call of each function, timed in alternating rounds after `warmup` untimed rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(max(1, rounds)):
-        for name, fn in fns.items():
-            best[name] = min(best[name], time_call(fn, device))
-    return best
+    """Best (lowest) seconds per call of each function over alternating rounds (see `interleaved_times`)."""
+    return {name: min(ts) for name, ts in interleaved_times(fns, device, rounds, warmup).items()}
+
+
+def paired_median(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of `numerator[r] / denominator[r]`."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
 
 
 # -- peak memory ---------------------------------------------------------------------------------------------------
@@ -218,13 +249,24 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one round, for CI smoke runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--timer",
+        choices=sorted(_CLOCKS),
+        default="wall",
+        help="wall clock, or process CPU time (steadier on a shared CPU; use with --threads 1)",
+    )
 
 
 def setup(args) -> torch.device:
+    global _clock
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    return pick_device(args.device)
+    device = pick_device(args.device)
+    if args.timer == "process" and device.type != "cpu":
+        raise ValueError("--timer process measures CPU time; it is meaningless for a GPU run")
+    _clock = _CLOCKS[args.timer]
+    return device
 
 
 def base_config(quick: bool):

@@ -20,7 +20,6 @@ A step is `AltaForPreTraining` at the `alta-base` size with random weights and t
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 
 import torch
@@ -34,6 +33,7 @@ from _common import (
     machine_lines,
     markdown_table,
     measure_peak,
+    now,
     setup,
     synchronize,
 )
@@ -87,10 +87,10 @@ class Stopwatch:
 
     def run(self, name: str, fn, *args, **kwargs):
         synchronize(self.device)
-        start = time.perf_counter()
+        start = now()
         out = fn(*args, **kwargs)
         synchronize(self.device)
-        self.seconds[name] += time.perf_counter() - start
+        self.seconds[name] += now() - start
         return out
 
 
@@ -299,11 +299,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def embed_start(*_) -> None:
         synchronize(device)
-        starts.append(time.perf_counter())
+        starts.append(now())
 
     def embed_end(*_) -> None:
         synchronize(device)
-        embed_seconds.append(time.perf_counter() - starts[-1])
+        embed_seconds.append(now() - starts[-1])
 
     pre = embeddings.register_forward_pre_hook(embed_start)
     post = embeddings.register_forward_hook(embed_end)

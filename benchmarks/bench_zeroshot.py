@@ -15,12 +15,11 @@ differently from the full CXR-BERT vocabulary, which does not change the cost, s
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 # `_common` puts the repository root on sys.path for the first-party imports that follow it.
-from _common import REPO_ROOT, add_common_arguments, autocast, base_config, machine_lines, markdown_table, setup
+from _common import REPO_ROOT, add_common_arguments, autocast, base_config, machine_lines, markdown_table, now, setup
 
 from modeling_alta.modeling_alta import AltaModel
 from processing.prompts import chexpert_5x200_prompts
@@ -82,13 +81,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         with torch.inference_mode(), autocast(device, dtype):
             encode_text(ensemble[next(iter(ensemble))][:2])
             model.get_image_features(pixels)
-        start = time.perf_counter()
+        start = now()
         with torch.inference_mode(), autocast(device, dtype):
             names, class_embeds = encode_prompt_ensemble(ensemble, encode_text, batch_size=args.text_batch_size)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        text_seconds = time.perf_counter() - start
-        start = time.perf_counter()
+        text_seconds = now() - start
+        start = now()
         predictions = []
         with torch.inference_mode(), autocast(device, dtype):
             for first in range(0, args.images, args.batch_size):
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 image_embeds = model.get_image_features(pixels[:n]).float()
                 predictions.append(zero_shot_logits(image_embeds, class_embeds).argmax(dim=-1))
         predicted = torch.cat(predictions).cpu()
-        image_seconds = time.perf_counter() - start
+        image_seconds = now() - start
         if predicted.shape[0] != args.images or class_embeds.shape[0] != len(names):
             raise RuntimeError("zero-shot produced the wrong number of predictions")
         total = text_seconds + image_seconds
