@@ -138,7 +138,7 @@ def read_chexpert_5x200(
     _require_columns(csv_path, columns, ["Path", *CHEXPERT_5X200_CLASSES])
     paths, labels, reports = [], [], []
     for i, row in enumerate(rows):
-        where = f"{csv_path} row {i + 2}"  # +2: the header is line 1
+        where = f"{csv_path} data row {i + 1}"  # 1-based, header excluded (reports span lines)
         positive = [c for c, name in enumerate(CHEXPERT_5X200_CLASSES) if _is_one(row[name], f"{where} {name}")]
         if len(positive) != 1:
             values = {name: row[name] for name in CHEXPERT_5X200_CLASSES}
@@ -178,7 +178,7 @@ def read_rsna_list(
             try:
                 target = int(float(row["Target"]))
             except ValueError:
-                raise ValueError(f"{labels_csv} row {i + 2}: Target {row['Target']!r} is not 0 or 1") from None
+                raise ValueError(f"{labels_csv} data row {i + 1}: Target {row['Target']!r} is not 0 or 1") from None
             table[row["patientId"]] = max(table.get(row["patientId"], 0), target)
     paths, labels = [], []
     for number, line in enumerate(list_path.read_text(encoding="utf-8", errors="ignore").splitlines(), start=1):
@@ -225,7 +225,7 @@ def read_chexpert_8x200_candidates(
         raise ValueError(f"{csv_path}: expected the path in column 0 and label columns from column 5; got {header}")
     paths, labels = [], []
     for i, row in enumerate(body):
-        where = f"{csv_path} row {i + 2}"
+        where = f"{csv_path} data row {i + 1}"
         positive = [j for j, value in enumerate(row[5:]) if _is_one(value, f"{where} column {header[5 + j]!r}")]
         if len(positive) != 1:
             raise ValueError(
@@ -251,7 +251,7 @@ def read_chexpert_8x200_queries(
     _require_columns(csv_path, columns, [column, "Variable"])
     items, labels = [], []
     for i, row in enumerate(rows):
-        where = f"{csv_path} row {i + 2}"
+        where = f"{csv_path} data row {i + 1}"
         variable = (row["Variable"] or "").strip()
         if variable not in CHEXPERT_8X200_LABELS:
             raise ValueError(f"{where}: Variable {variable!r} is not one of {list(CHEXPERT_8X200_LABELS)}")
