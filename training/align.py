@@ -310,22 +310,24 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 @dataclass
 class AlignCollator:
-    """Wraps `AltaPretrainingCollator`: drops unreadable studies (counted), and seeds every study's augmentation,
-    sentence shuffle, MLM masking and patch-masking noise from `(seed, epoch, index)`."""
+    """Wraps `AltaPretrainingCollator`: drops unreadable studies, and seeds every study's augmentation, sentence
+    shuffle, MLM masking and patch-masking noise from `(seed, epoch, index)`.
+
+    Dropped studies are reported in the batch under `"skipped"` (a list of messages), because with DataLoader
+    workers the collator runs in another process and could not count them itself.
+    """
 
     collator: Any
     seed: int
     num_patches: int
     num_slots: int
     epoch: int = 0
-    skipped: list[str] = field(default_factory=list)
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
-        parts, noises = [], []
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        parts, noises, skipped = [], [], []
         for sample in samples:
             if not sample.get("valid", True):
-                self.skipped.append(f"study index {sample['index']}: {sample.get('error')}")
-                logger.warning("skipping unreadable study (index %s): %s", sample["index"], sample.get("error"))
+                skipped.append(f"study index {sample['index']}: {sample.get('error')}")
                 continue
             key = [self.seed, self.epoch, sample["index"]]
             self.collator.seed = int(np.random.SeedSequence(key).generate_state(1)[0])
@@ -333,15 +335,15 @@ class AlignCollator:
             try:
                 parts.append(self.collator([sample]))
             except ValueError as err:  # the collator dropped it (unreadable) or found it unusable
-                self.skipped.append(f"study index {sample['index']}: {err}")
-                logger.warning("skipping study (index %s): %s", sample["index"], err)
+                skipped.append(f"study index {sample['index']}: {err}")
                 continue
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence([*key, 1]).generate_state(1)[0]))
             noises.append(torch.rand(self.num_slots, self.num_patches, generator=generator))
         if not parts:
-            return None
-        batch = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
+            return {"skipped": skipped}
+        batch: dict[str, Any] = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
         batch["mask_noise"] = torch.stack(noises)
+        batch["skipped"] = skipped
         return batch
 
 
@@ -536,6 +538,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples_at_start = state.samples_seen
     last_checkpoint: Path | None = None
     metrics: dict[str, Any] = {}
+    skipped: list[str] = []
     try:
         model.train()
         while state.global_step < max_steps and not interrupted:
@@ -543,7 +546,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             collate.epoch = state.epoch
             micro = 0
             for batch in loader:
-                if batch is None:  # every study of this micro-batch was unreadable
+                for message in batch.pop("skipped"):
+                    skipped.append(message)
+                    logger.warning("skipping unreadable study: %s", message)
+                if "input_ids" not in batch:  # every study of this micro-batch was unreadable
                     continue
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 lr = learning_rate_at(state.global_step, peak_lr, warmup, total, args.min_learning_rate)
@@ -561,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 unwrapped.clamp_logit_scales()
                 state.global_step += 1
                 state.batch_in_epoch += 1
-                state.skipped_studies = len(collate.skipped)
+                state.skipped_studies = len(skipped)
                 state.losses.append({"step": state.global_step, **step_losses})
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 throughput = (state.samples_seen - samples_at_start) / elapsed
@@ -603,8 +609,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if interrupted:
         path = save_checkpoint(accelerator, state, args)
         logger.warning("interrupted: saved %s; resume with --resume_from_checkpoint latest", path)
-    if state.skipped_studies:
-        logger.warning("skipped %d unreadable studies: %s", state.skipped_studies, collate.skipped[:10])
+    state.skipped_studies = len(skipped)
+    if skipped:
+        logger.warning("skipped %d unreadable studies in this run: %s", len(skipped), skipped[:10])
     result = {
         "global_step": state.global_step,
         "samples_seen": state.samples_seen,
