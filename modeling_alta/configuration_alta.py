@@ -136,7 +136,9 @@ def _adapter_dict(value: dict | AltaAdapterConfig | str | None) -> dict | None:
         return None
     if isinstance(value, str):
         if value != "reference":
-            raise ValueError(f"`adapter_config` must be a dict, AltaAdapterConfig, 'reference' or None; got {value!r}.")
+            raise ValueError(
+                f"`adapter_config` must be a dict, AltaAdapterConfig, 'reference' or None; got {value!r}."
+            )
         return AltaAdapterConfig().to_dict()
     return AltaAdapterConfig.from_dict(value).to_dict()
 

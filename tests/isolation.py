@@ -42,5 +42,7 @@ def run_isolated(code: str, cwd: str | Path, env: dict[str, str] | None = None, 
         [sys.executable, "-c", script], cwd=str(cwd), env=child_env, capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
-        raise AssertionError(f"isolated child failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+        raise AssertionError(
+            f"isolated child failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+        )
     return proc.stdout
