@@ -1,5 +1,6 @@
-"""ALTA native adapters as artifacts: the files hold only the adapter set, a fresh process reloads them exactly, a
-mismatched base is refused with a message naming both sides, several named adapters switch and disable."""
+"""ALTA native adapters as artifacts, on the real alta-tiny model: the files hold only the adapter set, a fresh process
+reloads them exactly, a mismatched base is refused with a message naming both sides, several named adapters switch
+and disable."""
 
 from __future__ import annotations
 
@@ -11,58 +12,47 @@ import torch
 from safetensors import safe_open
 
 from modeling_alta.adapters_alta import ALTA_ADAPTER_CONFIG_NAME, ALTA_ADAPTER_WEIGHTS_NAME
+from tests.hub.alta_classes import AltaModel, features, make_model, train_adapter_set
 from tests.hub.fake_hub import run_python
-from tests.hub.toy_alta import ToyAltaForPreTraining, ToyAltaModel, toy_config, toy_inputs
 
 
-def make_model(seed: int = 0, cls=ToyAltaForPreTraining, **overrides):
-    torch.manual_seed(seed)
-    return cls(toy_config(**overrides)).eval()
-
-
-def features(model) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat(model(*toy_inputs()), dim=-1)
-
-
-def train_adapter_set(model, seed: int) -> None:
-    """Stand-in for training: move every adapter-set value, nothing else."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.alta_trainable_parameters().values():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+# alta_reference.md §4: the tiny golden config trains 327,977 of 727,593 values; 99 tensors in the set.
+TINY_TRAINABLE, TINY_TOTAL, TINY_TENSORS = 327_977, 727_593, 99
 
 
 def _read(path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
 
 
 def test_adapter_files_hold_only_the_adapter_set(tmp_path):
     model = make_model()
+    assert model.freeze_backbone() == {"trainable": TINY_TRAINABLE, "total": TINY_TOTAL}
     adapter_set = {k.removeprefix("alta."): p for k, p in model.alta_trainable_parameters().items()}
     model.save_alta_adapter(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [ALTA_ADAPTER_CONFIG_NAME, ALTA_ADAPTER_WEIGHTS_NAME]
 
     weights = tmp_path / ALTA_ADAPTER_WEIGHTS_NAME
-    with safe_open(str(weights), framework="pt") as f:
-        keys = sorted(f.keys())
-        tensors = {k: f.get_tensor(k) for k in keys}
-    assert keys == sorted(adapter_set)
-    assert len(keys) == 50  # 2 towers x 2 layers x 2 adapters x 4 tensors + 8 norm + 8 head + 2 decoder_pred
+    tensors = _read(weights)
+    assert sorted(tensors) == sorted(adapter_set) and len(tensors) == TINY_TENSORS
+    assert all(torch.equal(tensors[k], adapter_set[k]) for k in tensors)
     n_values = sum(t.numel() for t in tensors.values())
-    assert n_values == model.num_alta_adapter_parameters() == 1784
-    assert all(torch.equal(tensors[k], adapter_set[k]) for k in keys)
-    # Byte size: 8-byte header length + JSON header + fp32 payload, nothing else.
+    assert n_values == model.num_alta_adapter_parameters() == TINY_TRAINABLE
+    # Byte size: the 8-byte header length + the JSON header + the fp32 payload, nothing else.
     raw = weights.read_bytes()
     (header_len,) = struct.unpack("<Q", raw[:8])
-    assert len(raw) == 8 + header_len + 4 * n_values
+    assert len(raw) == 8 + header_len + 4 * TINY_TRAINABLE
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not {f"alta.{k}" for k in tensors} & frozen and not set(tensors) & frozen
 
     config = json.loads((tmp_path / ALTA_ADAPTER_CONFIG_NAME).read_text())
     assert config["adapter_format"] == "alta" and config["peft_type"] == "ALTA"
-    assert config["num_adapter_parameters"] == 1784 and config["num_adapter_tensors"] == 50
+    assert config["num_adapter_parameters"] == TINY_TRAINABLE and config["num_adapter_tensors"] == TINY_TENSORS
     assert config["bottleneck_ratio"] == 0.25 and config["placement"] == ["attn", "mlp"]
-    assert config["base_model_fingerprint"]["num_parameters"] == 3160 - 1784
+    assert config["tower_bottleneck_sizes"] == {"vision": 16, "text": 16}
+    # The fingerprint covers the frozen AltaModel part only (not the MAE decoder, MLM decoder or bert_embed).
+    base_frozen = sum(p.numel() for n, p in model.alta.named_parameters() if not p.requires_grad)
+    assert config["base_model_fingerprint"]["num_parameters"] == base_frozen
 
 
 def test_peft_does_not_misread_an_alta_adapter(tmp_path):
@@ -83,28 +73,23 @@ def test_round_trip_in_a_fresh_process_is_exact(tmp_path):
     out = run_python(
         f"""
 import torch
-from tests.hub.toy_alta import ToyAltaForPreTraining, ToyAltaModel, toy_inputs
-base = ToyAltaForPreTraining.from_pretrained({str(tmp_path / "base")!r}).eval()
-with torch.no_grad():
-    before = torch.cat(base(*toy_inputs()), -1)
-info = base.load_alta_adapter({str(tmp_path / "adapter")!r})
-with torch.no_grad():
-    after = torch.cat(base(*toy_inputs()), -1)
+from tests.hub.alta_classes import AltaForPreTraining, AltaModel, features
 expected = torch.load({str(tmp_path / "expected.pt")!r})
-print("EXACT", torch.equal(after, expected), "CHANGED", not torch.equal(before, expected), len(info.loaded_keys))
-# The same adapter on the inference class: the decoder part is skipped, the features are the same.
-bare = ToyAltaModel.from_pretrained({str(tmp_path / "base")!r}).eval()
+base = AltaForPreTraining.from_pretrained({str(tmp_path / "base")!r}).eval()
+before = features(base)
+info = base.load_alta_adapter({str(tmp_path / "adapter")!r})
+print("EXACT", torch.equal(features(base), expected), "CHANGED", not torch.equal(before, expected), len(info.loaded_keys))
+# The same adapter on the inference class: the pre-training-only tensors are skipped, the features are the same.
+bare = AltaModel.from_pretrained({str(tmp_path / "base")!r}).eval()
 bare.load_alta_adapter({str(tmp_path / "adapter")!r})
-with torch.no_grad():
-    print("BARE", torch.equal(torch.cat(bare(*toy_inputs()), -1), expected))
+print("BARE", torch.equal(features(bare), expected))
 # transformers' entry point: from_pretrained(<adapter folder>) loads the recorded base, then the adapter.
-auto = ToyAltaForPreTraining.from_pretrained({str(tmp_path / "adapter")!r}).eval()
-with torch.no_grad():
-    print("FROM_PRETRAINED", torch.equal(torch.cat(auto(*toy_inputs()), -1), expected), auto.list_alta_adapters())
+auto = AltaForPreTraining.from_pretrained({str(tmp_path / "adapter")!r}).eval()
+print("FROM_PRETRAINED", torch.equal(features(auto), expected), auto.list_alta_adapters())
 """,
         cwd=tmp_path,
     )
-    assert "EXACT True CHANGED True 50" in out, out
+    assert f"EXACT True CHANGED True {TINY_TENSORS}" in out, out
     assert "BARE True" in out, out
     assert "FROM_PRETRAINED True ['default']" in out, out
 
@@ -119,25 +104,28 @@ def test_mismatched_base_is_refused_with_both_sides_named(tmp_path):
         other_weights.load_alta_adapter(tmp_path)
     assert "verify_base_weights=False" in str(err.value)
     assert other_weights.list_alta_adapters() == []
-    other_weights.load_alta_adapter(tmp_path, verify_base_weights=False)  # explicit opt-out loads
+    other_weights.load_alta_adapter(tmp_path, verify_base_weights=False)  # an explicit opt-out loads
     assert other_weights.active_alta_adapter == "default"
 
+    other_arch = make_model(vision_config={"intermediate_size": 128})  # same adapters, other frozen MLPs
+    with pytest.raises(ValueError, match=r"different base model: it records base 'user/alta-base'.*this AltaFor"):
+        other_arch.load_alta_adapter(tmp_path)
+
     wider = make_model(adapter_config={"bottleneck_size": 8})
-    with pytest.raises(ValueError, match=r"vision bottleneck: file=4, model=8"):
+    with pytest.raises(ValueError, match=r"vision bottleneck: file=16, model=8; text bottleneck: file=16, model=8"):
         wider.load_alta_adapter(tmp_path)
 
     vision_only = make_model(adapter_config={"towers": ["vision"]})
     with pytest.raises(ValueError, match=r"text adapters: file=yes, model=no"):
         vision_only.load_alta_adapter(tmp_path)
 
-    deeper = make_model(text_config={"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2})
+    deeper = make_model(text_config={"num_hidden_layers": 3})
     with pytest.raises(ValueError, match=r"lacks 8 adapter-module parameter"):
         deeper.load_alta_adapter(tmp_path)
 
-    # Same adapters, different frozen base: the structure hash tells, and the message names both sides.
-    other_base = make_model(projection_dim=4)
-    with pytest.raises(ValueError, match=r"shape differs|different base model"):
-        other_base.load_alta_adapter(tmp_path)
+    other_heads = make_model(projection_dim=64)
+    with pytest.raises(ValueError, match=r"shape differs.*file \(128, 64\) vs model \(64, 64\)"):
+        other_heads.load_alta_adapter(tmp_path)
 
     peft_like = tmp_path / "peft"
     peft_like.mkdir()
@@ -145,24 +133,18 @@ def test_mismatched_base_is_refused_with_both_sides_named(tmp_path):
     (peft_like / ALTA_ADAPTER_WEIGHTS_NAME).write_bytes((tmp_path / ALTA_ADAPTER_WEIGHTS_NAME).read_bytes())
     with pytest.raises(ValueError, match=r"not an ALTA adapter config.*peft_type='LORA'"):
         model.load_alta_adapter(peft_like)
-
-
-def test_structure_mismatch_message_names_both_bases(tmp_path):
-    model = make_model()
-    model.save_alta_adapter(tmp_path, base_model_name_or_path="user/alta-base")
-    with torch.no_grad():  # same shapes, other dtype of a frozen weight: the structure hash differs
-        model.alta.vision_model.layers[0].dense.weight.data = model.alta.vision_model.layers[0].dense.weight.double()
-    with pytest.raises(ValueError, match=r"different base model: it records base 'user/alta-base'.*this"):
-        model.load_alta_adapter(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"adapter_model.safetensors is missing"):
+        (peft_like / ALTA_ADAPTER_WEIGHTS_NAME).unlink()
+        model.load_alta_adapter(peft_like)
 
 
 def test_named_adapters_switch_disable_enable(tmp_path):
     model = make_model()
+    train_adapter_set(model, 9)  # a base with its own trained adapter set, like the released ALTA checkpoint
     base_out = features(model)
     model.set_adapters_enabled(False)
     backbone_out = features(model)
     model.set_adapters_enabled(True)
-
     for name, seed in (("a", 1), ("b", 2)):
         donor = make_model()
         train_adapter_set(donor, seed)
@@ -177,7 +159,8 @@ def test_named_adapters_switch_disable_enable(tmp_path):
     assert not torch.equal(out_a, out_b) and not torch.equal(out_a, base_out)
 
     model.disable_alta_adapters()
-    assert torch.equal(features(model), backbone_out)  # adapters bypassed, norms/heads back to the base
+    # Adapters bypassed and norms/heads/scales back at the base's values: the backbone-only base.
+    assert torch.equal(features(model), backbone_out) and not torch.equal(backbone_out, base_out)
     model.enable_alta_adapters()
     assert torch.equal(features(model), out_b)
     model.set_alta_adapter("a")
@@ -190,7 +173,7 @@ def test_named_adapters_switch_disable_enable(tmp_path):
     with pytest.raises(ValueError, match=r"No ALTA adapter named 'c'; loaded adapters are \['a', 'b'\]"):
         model.set_alta_adapter("c")
 
-    # Saving a non-active adapter by name writes what was loaded; the state never enters state_dict().
+    # Saving a non-active adapter by name writes what was loaded; the adapter state never enters state_dict().
     model.save_alta_adapter(tmp_path / "b-again", adapter_name="b")
     again, original = (_read(tmp_path / d / ALTA_ADAPTER_WEIGHTS_NAME) for d in ("b-again", "b"))
     assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in again)
@@ -210,19 +193,17 @@ def test_training_an_active_adapter_survives_switching(tmp_path):
     train_adapter_set(model, 3)  # keep training "a" in place
     trained = features(model)
     model.set_alta_adapter("a2")
+    assert not torch.equal(features(model), trained)
     model.set_alta_adapter("a")
     assert torch.equal(features(model), trained)
 
 
-def test_bare_model_uses_keys_relative_to_the_base_model(tmp_path):
-    bare = make_model(cls=ToyAltaModel)
+def test_inference_model_adapter_loads_onto_the_pretraining_model(tmp_path):
+    bare = make_model(cls=AltaModel)
+    train_adapter_set(bare, 4)
     bare.save_alta_adapter(tmp_path)
-    with safe_open(str(tmp_path / ALTA_ADAPTER_WEIGHTS_NAME), framework="pt") as f:
-        keys = set(f.keys())
+    keys = set(_read(tmp_path / ALTA_ADAPTER_WEIGHTS_NAME))
     full = make_model()
-    assert keys == {k.removeprefix("alta.") for k in full.alta_trainable_parameters()} - {
-        "decoder_pred.weight",
-        "decoder_pred.bias",
-    }
-    full.load_alta_adapter(tmp_path)  # decoder_pred keeps its own values; everything else loads
+    assert keys == {k.removeprefix("alta.") for k in full.alta_trainable_parameters() if k.startswith("alta.")}
+    full.load_alta_adapter(tmp_path)  # the decoder/MLM parts keep their own values; the base-model part loads
     assert torch.equal(features(full), features(bare))
