@@ -160,23 +160,6 @@ def _is_custom(obj: Any) -> bool:
     return not type(obj).__module__.startswith("transformers.")
 
 
-def _register_model_code(model: nn.Module) -> None:
-    """Make `save_pretrained` copy the flat `modeling_alta/*.py` files and write `auto_map` (ecosystem.md §3.1).
-
-    Only for classes defined outside transformers (ours); stock classes need no code on the Hub.
-    """
-    cls = type(model)
-    if not _is_custom(model):
-        return
-    model.register_for_auto_class("AutoModel")
-    model.config.register_for_auto_class()
-    # A class holds one auto class; the zero-shot pipeline needs its own entry, which save_pretrained merges.
-    if cls.__name__ == "AltaModel":
-        auto_map = dict(getattr(model.config, "auto_map", None) or {})
-        auto_map["AutoModelForZeroShotImageClassification"] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
-        model.config.auto_map = auto_map
-
-
 def _register_processor_code(processor: Any) -> None:
     """Same for the processor and its image processor (the tokenizer is stock BERT)."""
     if _is_custom(processor):
@@ -220,7 +203,8 @@ def export_model(
         adapter_only (`bool`, *optional*, defaults to `False`):
             For a native ALTA model, write only the adapter set (`save_alta_adapter`) instead of the full model.
         include_code (`bool`, *optional*, defaults to `True`):
-            Copy the `modeling_alta` files and write `auto_map`, so `trust_remote_code=True` loads the folder.
+            Register a custom processor for its auto class, so its code ships too (the ALTA model always ships its
+            code: its `save_pretrained` does that).
 
     Returns:
         `ExportResult` with the folder, the files written and the commit URL when pushed.
@@ -240,8 +224,8 @@ def export_model(
         trainable = model.num_alta_adapter_parameters()
         adapter_method = adapter_method or "alta"
     else:
-        if include_code and not is_peft:
-            _register_model_code(model)
+        # ALTA's own save_pretrained registers the auto classes, copies the flat modeling_alta files and writes a
+        # complete auto_map (modeling_alta.py), so nothing to add here for the model.
         model.save_pretrained(out)
     if processor is not None:
         if include_code:

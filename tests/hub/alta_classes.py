@@ -55,3 +55,19 @@ def train_adapter_set(model, seed: int) -> None:
     with torch.no_grad():
         for p in model.alta_trainable_parameters().values():
             p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype))
+
+
+# The same probe as source text, for children where this package cannot be imported (remote-code checks).
+TINY_PROBE = """
+def probe(model):
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(5, 421, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    pixel_values = torch.randn(3, 3, 224, 224, generator=g)
+    base = getattr(model, "alta", model)
+    with torch.no_grad():
+        return torch.cat(
+            [base.get_image_features(pixel_values), base.get_text_features(ids, attention_mask=mask)], dim=-1
+        )
+"""
