@@ -986,6 +986,11 @@ class AltaMaskedDecoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _is_alta_config(config: Any) -> bool:
+    # Not isinstance: loaded as Hub custom code, the config class may come from another copy of this file.
+    return getattr(config, "model_type", None) == "alta" and hasattr(config, "vision_config")
+
+
 def _guarded_copy(param: torch.Tensor, value: torch.Tensor) -> None:
     # Mirrors transformers' init guard: never overwrite a value that was loaded from a checkpoint.
     if getattr(param, "_is_hf_initialized", False):
@@ -1056,7 +1061,7 @@ class AltaPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained`, plus the custom-code files and a complete `auto_map`, so the folder
         loads with `AutoModel`/`AutoModelForPreTraining`/the zero-shot pipeline and `trust_remote_code=True` where
         this package is not installed."""
-        if isinstance(self.config, AltaConfig):
+        if _is_alta_config(self.config):
             if type(self.config)._auto_class is None:
                 type(self.config).register_for_auto_class("AutoConfig")
             if type(self)._auto_class is None:
@@ -1150,7 +1155,7 @@ class AltaPreTrainedModel(PreTrainedModel):
 
     def _trainable_groups(self) -> tuple[str, ...]:
         config = self.config
-        if isinstance(config, AltaConfig):
+        if _is_alta_config(config):
             return config.trainable_groups
         adapter = getattr(config, "adapter", None)
         return adapter.trainable_groups if adapter is not None else AltaAdapterConfig().trainable_groups
@@ -1229,9 +1234,12 @@ class AltaModel(AltaPreTrainedModel):
     ```
     """
 
+    # Folders saved from AltaForPreTraining also hold the pre-training heads; the dual encoder does not use them.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^mlm_head\.", r"^bert_embed\."]
+
     def __init__(self, config: AltaConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, AltaConfig):
+        if not _is_alta_config(config):
             raise TypeError(f"AltaModel needs an AltaConfig; got {type(config).__name__}.")
         vision, text = config.vision_config, config.text_config
         self.vision_model = AltaVisionTransformer(vision)
@@ -1368,7 +1376,7 @@ class AltaForPreTraining(AltaPreTrainedModel):
 
     def __init__(self, config: AltaConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, AltaConfig):
+        if not _is_alta_config(config):
             raise TypeError(f"AltaForPreTraining needs an AltaConfig; got {type(config).__name__}.")
         self.alta = AltaModel(config)
         vision, text = config.vision_config, config.text_config

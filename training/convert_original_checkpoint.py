@@ -370,13 +370,10 @@ def _save_processor(text_model: str | Path, output: Path, config) -> None:
 
     tokenizer = BertTokenizer.from_pretrained(str(text_model))
     tokenizer.model_max_length = config.text_config.max_length
-    try:
-        from modeling_alta.image_processing_alta import AltaImageProcessor
-        from modeling_alta.processing_alta import AltaProcessor
-    except ImportError:  # the processor package is optional while it is being built
-        tokenizer.save_pretrained(output)
-        return
-    image_processor = AltaImageProcessor(crop_size=config.vision_config.image_size)
+    from modeling_alta.processing_alta import AltaProcessor
+    from training.align import image_processor_for
+
+    image_processor = image_processor_for(config)
     processor = AltaProcessor(image_processor=image_processor, tokenizer=tokenizer)
     processor.save_pretrained(output)
     image_processor.save_pretrained(output)

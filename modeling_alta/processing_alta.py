@@ -1,0 +1,181 @@
+"""Processor for ALTA: `AltaImageProcessor` plus the stock `BertTokenizer` of the CXR-BERT vocabulary.
+
+`processor(images=..., text=...)` returns exactly the keyword arguments `AltaModel.forward` takes
+(`pixel_values`, `view_mask` for studies, `input_ids`, `attention_mask`, `token_type_ids`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+# Imported so that `save_pretrained` follows this relative import and ships the image processor's file too.
+from .image_processing_alta import AltaImageProcessor  # noqa: F401
+
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_MAX_LENGTH = 128  # the reference's caption length, for training and evaluation alike
+
+_NUMBERED_ITEM = re.compile(r"[0-9]+\.")
+_WORD = re.compile(r"\w+")
+
+
+def process_text(text: str) -> str:
+    """The reference's evaluation text cleanup (`process_text` of its CheXpert 5x200 zero-shot script).
+
+    It exists for evaluation parity: the official zero-shot numbers were computed on prompts cleaned this way, so
+    prompts must go through it to reproduce them (goldens: `../shared/parity/process_text.json`). Training
+    tokenises raw reports, without it. Quirks kept on purpose: numbered items are split on ``[0-9]+\\.`` (so
+    "10.5 cm" becomes "5 cm"), pieces with at most one word are dropped, non-ASCII characters inside words are
+    removed ("Pneumonía" → "pneumona"), and an empty result stays empty.
+    """
+    pieces = [piece for item in _NUMBERED_ITEM.split(text.replace("\n", " ")) for piece in item.split(".")]
+    sentences = []
+    for piece in pieces:
+        words = _WORD.findall(piece.replace("\ufffd\ufffd", " ").lower())
+        if len(words) <= 1:
+            continue
+        ascii_words = [word.encode("ascii", "ignore").decode("ascii") for word in words]
+        sentences.append(" ".join(word for word in ascii_words if word))
+    return " ".join(sentences)
+
+
+class AltaProcessor(ProcessorMixin):
+    r"""
+    Constructs an ALTA processor: an [`AltaImageProcessor`] and a [`BertTokenizer`] with the CXR-BERT vocabulary.
+
+    Build the tokenizer with `BertTokenizer.from_pretrained(folder_with_vocab_txt)` (or `BertTokenizer(vocab=path)`);
+    `BertTokenizerFast(vocab_file=path)` silently ignores the file in transformers 5.
+
+    Args:
+        image_processor ([`AltaImageProcessor`], *optional*): the image processor.
+        tokenizer ([`BertTokenizer`], *optional*): the CXR-BERT tokenizer.
+
+    Text defaults are those of training: `padding="max_length"`, `max_length=128`, `truncation=True`. An empty (or
+    whitespace-only) report raises `ValueError`; a report longer than `max_length` tokens is truncated and a
+    warning names it.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertTokenizer
+    >>> processor = AltaProcessor(AltaImageProcessor(), BertTokenizer.from_pretrained("BiomedVLP-CXR-BERT-specialized"))
+    >>> inputs = processor(images=[{"frontal": "pa.png", "lateral": "lat.png"}], text=["No acute process."],
+    ...                    return_tensors="pt")
+    >>> sorted(inputs)
+    ['attention_mask', 'input_ids', 'pixel_values', 'token_type_ids', 'view_mask']
+    ```
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | Sequence[str] | None = None,
+        return_tensors: str | None = None,
+        padding: bool | str = "max_length",
+        max_length: int | None = DEFAULT_MAX_LENGTH,
+        truncation: bool = True,
+        clean_text: bool = False,
+        images_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Prepare images and/or reports for the model.
+
+        Args:
+            images: anything [`AltaImageProcessor`] accepts (one image, a list, a study dict, a list of studies).
+            text (`str` or `list[str]`): reports or prompts.
+            return_tensors (`str`, *optional*): `"pt"` or `"np"`.
+            padding, max_length, truncation: tokenizer settings; defaults pad and truncate to 128 tokens.
+            clean_text (`bool`, defaults to `False`): apply [`process_text`] first (evaluation prompts, for parity
+                with the official zero-shot numbers).
+            images_kwargs (`dict`, *optional*): extra arguments for the image processor (e.g. `train=True, seed=0`).
+            kwargs: other tokenizer arguments.
+
+        Returns:
+            `BatchFeature` with `pixel_values` (`[B,3,H,W]` or `[B,V,3,H,W]`), `view_mask` (`[B,V]`, studies only),
+            and `input_ids`, `attention_mask`, `token_type_ids` (`[N, L]`).
+        """
+        if images is None and text is None:
+            raise ValueError("AltaProcessor needs `images`, `text` or both; got neither")
+        data: dict[str, Any] = {}
+        if images is not None:
+            data.update(self.image_processor(images, return_tensors=return_tensors, **(images_kwargs or {})))
+        if text is not None:
+            texts = self._check_texts(text, clean_text)
+            if truncation and max_length is not None:
+                self._warn_if_truncated(texts, max_length)
+            encoded = self.tokenizer(
+                texts,
+                padding=padding,
+                max_length=max_length,
+                truncation=truncation,
+                return_tensors=return_tensors,
+                return_token_type_ids=True,
+                return_attention_mask=True,
+                **kwargs,
+            )
+            data.update(encoded)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_texts(text: str | Sequence[str], clean_text: bool) -> list[str]:
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("`text` is an empty list; pass at least one report")
+        out = []
+        for index, item in enumerate(texts):
+            if not isinstance(item, str):
+                raise TypeError(f"report {index}: expected a string; got {type(item).__name__} ({item!r})")
+            if not item.strip():
+                raise ValueError(f"report {index} is empty ({item!r}); every sample needs a non-empty report")
+            if clean_text:
+                cleaned = process_text(item)
+                if not cleaned:
+                    raise ValueError(f"report {index} is empty after process_text cleanup (input {item!r})")
+                item = cleaned
+            out.append(item)
+        return out
+
+    def _warn_if_truncated(self, texts: list[str], max_length: int) -> None:
+        # A WordPiece token covers at least one non-space character, so short strings cannot overflow; only longer
+        # ones pay for a second tokenisation.
+        special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        for index, item in enumerate(texts):
+            if len(item) <= max_length - special:
+                continue
+            count = len(self.tokenizer.tokenize(item)) + special
+            if count > max_length:
+                logger.warning(
+                    f"report {index} has {count} tokens and is truncated to max_length={max_length} "
+                    f"(starts {item[:60]!r})"
+                )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "token_type_ids", "pixel_values", "view_mask"]
+
+    def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> list[str]:
+        """Save as `ProcessorMixin` does, and also write `preprocessor_config.json`.
+
+        `ProcessorMixin` nests the image-processor settings inside `processor_config.json`; the separate file lets
+        `AutoImageProcessor` (used by the zero-shot pipeline) and older transformers versions load the folder
+        directly.
+        """
+        # Written first so that a push (done inside ProcessorMixin.save_pretrained) uploads it too.
+        self.image_processor.save_pretrained(save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+
+# `save_pretrained` then copies this file (and its siblings) and writes `auto_map`, for `trust_remote_code` loading.
+AltaProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["AltaProcessor", "process_text"]

@@ -1,0 +1,376 @@
+"""Shapes, input contracts, adapters and the trainable set of the ALTA models (tiny configs)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configuration import load_preset
+from modeling_alta import AltaAdapterConfig, AltaConfig, AltaForPreTraining, AltaModel
+from modeling_alta.modeling_alta import (
+    AltaBottleneckAdapter,
+    get_2d_sincos_position_embedding,
+    patchify,
+    text_cap_lens,
+    unpatchify,
+)
+
+
+class AltaModelTester:
+    """Tiny configs and random inputs, in the spirit of transformers' model testers."""
+
+    def __init__(self, batch_size: int = 2, seq_length: int = 16, image_size: int = 32, patch_size: int = 8):
+        self.batch_size = batch_size
+        self.seq_length = seq_length
+        self.image_size = image_size
+        self.patch_size = patch_size
+
+    def get_config(self, **overrides) -> AltaConfig:
+        vision = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            decoder_hidden_size=32,
+            decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=4,
+            decoder_intermediate_size=64,
+            reconstruction_image_size=self.image_size * 2,
+            reconstruction_patch_size=self.patch_size * 2,
+        )
+        text = dict(
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            max_length=self.seq_length,
+        )
+        return AltaConfig(vision_config=vision, text_config=text, projection_dim=16, **overrides)
+
+    def text_inputs(self, batch: int | None = None) -> dict[str, torch.Tensor]:
+        batch = batch or self.batch_size
+        ids = torch.randint(5, 99, (batch, self.seq_length))
+        mask = torch.ones_like(ids)
+        mask[0, self.seq_length // 2 :] = 0
+        ids[0, self.seq_length // 2 :] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def pretraining_inputs(self) -> dict[str, torch.Tensor]:
+        b, s = self.batch_size, self.image_size
+        text = self.text_inputs()
+        labels = torch.full_like(text["input_ids"], -100)
+        labels[:, 1:4] = text["input_ids"][:, 1:4]
+        mlm = text["input_ids"].clone()
+        mlm[:, 1:4] = 4
+        return {
+            "pixel_values": torch.randn(b, 4, 3, s, s),
+            "reconstruction_pixel_values": torch.randn(b, 3, 2 * s, 2 * s),
+            "view_mask": torch.tensor([[True, True, True, True], [True, False, True, False]][:b]),
+            "mlm_input_ids": mlm,
+            "mlm_labels": labels,
+            **text,
+        }
+
+
+@pytest.fixture
+def tester() -> AltaModelTester:
+    return AltaModelTester()
+
+
+def test_dual_encoder_shapes_and_logits(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    pixels = torch.randn(3, 3, tester.image_size, tester.image_size)
+    text = tester.text_inputs(batch=5)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, token_type_ids=torch.zeros_like(text["input_ids"]), **text)
+        image = model.get_image_features(pixels)
+        words = model.get_text_features(**text)
+    assert out.logits_per_image.shape == (3, 5)
+    assert out.logits_per_text.shape == (5, 3)
+    assert image.shape == (3, 16) and words.shape == (5, 16)
+    expected = model.logit_scale.exp() * F.normalize(image, dim=-1) @ F.normalize(words, dim=-1).t()
+    torch.testing.assert_close(out.logits_per_image, expected)
+    assert out.vision_model_output.last_hidden_state.shape == (
+        3,
+        1 + (tester.image_size // tester.patch_size) ** 2,
+        32,
+    )
+
+
+def test_study_input_and_view_mask(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    s = tester.image_size
+    study = torch.randn(2, 4, 3, s, s)
+    study[1, 1] = 0
+    study[1, 3] = 0
+    explicit = torch.tensor([[True] * 4, [True, False, True, False]])
+    with torch.no_grad():
+        by_rule = model.get_image_features(study)
+        by_mask = model.get_image_features(study, view_mask=explicit)
+        # a partial study (V=2) pads to four slots with missing views under "all" pooling
+        partial = model.get_image_features(study[:, :2], view_mask=explicit[:, :2])
+        padded = model.get_image_features(
+            torch.cat([study[:, :2], torch.zeros_like(study[:, :2])], 1),
+            view_mask=torch.cat([explicit[:, :2], torch.zeros(2, 2, dtype=torch.bool)], 1),
+        )
+    torch.testing.assert_close(by_rule, by_mask)
+    torch.testing.assert_close(partial, padded)
+    # a missing view's pixels are ignored: they go through the missing-view token
+    noisy = study.clone()
+    noisy[1, 1] = torch.randn_like(noisy[1, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_image_features(noisy, view_mask=explicit), by_mask)
+
+
+def test_present_pooling_ignores_missing_slots(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    s = tester.image_size
+    frontal = torch.randn(1, 3, s, s)
+    with torch.no_grad():
+        out = model.vision_model(
+            frontal[:, None], view_mask=torch.ones(1, 1, dtype=torch.bool), study_pooling="present"
+        )
+        slots = model.vision_model(frontal[:, None], view_mask=torch.ones(1, 1, dtype=torch.bool), study_pooling="all")
+    torch.testing.assert_close(out.pooler_output, out.slot_embeds[:, 0])
+    torch.testing.assert_close(slots.pooler_output, slots.slot_embeds.mean(1))
+
+
+def test_any_image_size_divisible_by_patch(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    with torch.no_grad():
+        out = model.vision_model(torch.randn(2, 3, 48, 40))
+        patches = model.get_image_patch_features(torch.randn(1, 3, 48, 40))
+    assert out.last_hidden_state.shape == (2, 1 + 6 * 5, 32)
+    assert patches.shape == (1, 30, 16)
+    with pytest.raises(ValueError, match=r"not divisible by the patch size 8"):
+        model.vision_model(torch.randn(1, 3, 30, 32))
+
+
+def test_bad_inputs_raise_clear_errors(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    with pytest.raises(ValueError, match=r"at most 4 views.*got 5"):
+        model.get_image_features(torch.randn(1, 5, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"got shape \(3, 32, 32\)"):
+        model.get_image_features(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"`view_mask` must have shape \(1, 2\)"):
+        model.get_image_features(torch.randn(1, 2, 3, 32, 32), view_mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs both"):
+        model(pixel_values=torch.randn(1, 3, 32, 32))
+
+
+def test_config_validation_messages() -> None:
+    with pytest.raises(
+        ValueError, match=r"hidden size \(30\) is not a multiple of the number of attention heads \(4\)"
+    ):
+        AltaConfig(vision_config={"hidden_size": 30, "num_attention_heads": 4})
+    with pytest.raises(ValueError, match=r"`mask_ratio` must be in \(0, 1\); got 1.5"):
+        AltaConfig(vision_config={"mask_ratio": 1.5})
+    with pytest.raises(ValueError, match=r"reconstruction grid must match"):
+        AltaConfig(vision_config={"reconstruction_image_size": 512})
+    with pytest.raises(TypeError, match=r"`vision_config` must be a dict or AltaVisionConfig; got int"):
+        AltaConfig(vision_config=3)
+    with pytest.raises(ValueError, match=r"Unknown `trainable_groups` \['everything'\]"):
+        AltaAdapterConfig(trainable_groups=("everything",))
+
+
+def test_config_round_trip(tmp_path, tester: AltaModelTester) -> None:
+    config = tester.get_config(adapter_config=AltaAdapterConfig(bottleneck_size=4, towers=("vision",)))
+    config.save_pretrained(tmp_path)
+    loaded = AltaConfig.from_pretrained(tmp_path)
+    assert loaded.vision_config.adapter.bottleneck_size == 4
+    assert loaded.text_config.adapter is None
+    assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+def test_adapters_are_identity_at_init(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    text = tester.text_inputs()
+    with torch.no_grad():
+        with_adapters = model(pixel_values=pixels, **text).logits_per_image
+        model.set_adapters_enabled(False)
+        without = model(pixel_values=pixels, **text).logits_per_image
+    torch.testing.assert_close(with_adapters, without, atol=0, rtol=0)
+    for adapter in model.alta_adapters():
+        assert torch.count_nonzero(adapter.up_proj.weight) == 0
+
+
+def test_adapter_placement_and_layers(tester: AltaModelTester) -> None:
+    adapter = AltaAdapterConfig(placement=("attn",), layers=(1,), towers=("text",), bottleneck_ratio=0.5)
+    model = AltaModel(tester.get_config(adapter_config=adapter))
+    assert all(layer.attn_adapter is None and layer.mlp_adapter is None for layer in model.vision_model.layers)
+    text_layers = model.text_model.encoder.layer
+    assert text_layers[0].attn_adapter is None and text_layers[1].attn_adapter is not None
+    assert text_layers[1].mlp_adapter is None
+    assert text_layers[1].attn_adapter.down_proj.out_features == 16
+
+
+def test_only_the_adapter_set_moves_after_three_steps(tester: AltaModelTester) -> None:
+    torch.manual_seed(0)
+    model = AltaForPreTraining(tester.get_config())
+    model.train()
+    model.freeze_backbone()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    inputs = tester.pretraining_inputs()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**inputs).loss.backward()
+        optimizer.step()
+        model.clamp_logit_scales()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved <= trainable
+    frozen = set(before) - trainable
+    assert not (moved & frozen)
+    assert any("attn_adapter" in n for n in moved) and any("mlp_adapter" in n for n in moved)
+
+
+def test_trainable_counts_at_full_size() -> None:
+    # alta_reference.md §4 / trainable_full.json: 18,333,502 of 242,177,854 with the meta-device trick below
+    with torch.device("meta"):
+        model = AltaForPreTraining(load_preset("alta-base"))
+    counts = model.freeze_backbone()
+    assert counts == {"trainable": 18_333_502, "total": 242_177_854}
+    groups = model._alta_group_members()
+    adapters = sum(p.numel() for _, p in groups["adapters"])
+    assert adapters == 2 * 7_100_928
+
+
+def test_full_size_trainable_names_match_reference(parity_dir) -> None:
+    import json
+
+    from training.convert_original_checkpoint import map_official_key
+
+    golden = json.loads((parity_dir / "trainable_full.json").read_text())
+    with torch.device("meta"):
+        model = AltaForPreTraining(load_preset("alta-base"))
+    model.freeze_backbone()
+    params = dict(model.named_parameters())
+
+    def expand(groups: dict) -> dict[str, int]:
+        out = {}
+        for pattern, info in groups.items():
+            names = [pattern.replace("*", str(i)) for i in range(info["tensors"])] if "*" in pattern else [pattern]
+            for name in names:
+                mapped = map_official_key(name)
+                if mapped is not None:  # the tied MLM decoder weight is the (frozen) word embedding
+                    out[mapped] = params[mapped].numel()
+        return out
+
+    trainable, frozen = expand(golden["trainable_groups"]), expand(golden["frozen_groups"])
+    assert set(trainable) == {n for n, p in params.items() if p.requires_grad}
+    assert set(frozen) == {n for n, p in params.items() if not p.requires_grad}
+    assert sum(trainable.values()) == golden["trainable"]
+    assert sum(trainable.values()) + sum(frozen.values()) == golden["total"]
+
+
+def test_pretraining_losses_and_weights(tester: AltaModelTester) -> None:
+    torch.manual_seed(0)
+    model = AltaForPreTraining(tester.get_config()).eval()
+    inputs = tester.pretraining_inputs()
+    noise = torch.rand(2, 4, 16)
+    with torch.no_grad():
+        out = model(**inputs, mask_noise=noise)
+        again = model(**inputs, mask_noise=noise)
+    total = out.contrastive_loss + out.local_loss + out.reconstruction_loss + out.mlm_loss
+    torch.testing.assert_close(out.loss, total)
+    torch.testing.assert_close(out.loss, again.loss)
+    assert out.mask.shape == (2, 16) and int(out.mask.sum(1)[0]) == 16 - int(16 * 0.25)
+    assert out.image_local_embeds.shape == (2, 4 * 4, 16)
+    assert out.text_local_embeds.shape == (2, tester.seq_length - 1, 16)
+    model.config.mlm_loss_weight = 0.0
+    model.config.reconstruction_loss_weight = 0.0
+    with torch.no_grad():
+        partial = model(**inputs, mask_noise=noise)
+    assert partial.mlm_loss is None and partial.reconstruction_loss is None
+    torch.testing.assert_close(partial.loss, out.contrastive_loss + out.local_loss)
+
+
+def test_missing_reconstruction_image_is_a_clear_error(tester: AltaModelTester) -> None:
+    model = AltaForPreTraining(tester.get_config())
+    inputs = tester.pretraining_inputs()
+    inputs.pop("reconstruction_pixel_values")
+    with pytest.raises(ValueError, match="needs `reconstruction_pixel_values`"):
+        model(**inputs)
+
+
+def test_logit_scale_clamp(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config())
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+        model.logit_scale_local2.fill_(-3.0)
+    model.clamp_logit_scales()
+    assert math.isclose(model.logit_scale.item(), math.log(100), rel_tol=1e-6)
+    assert model.logit_scale_local2.item() == 0.0
+
+
+def test_gradient_checkpointing_gives_same_gradients(tester: AltaModelTester) -> None:
+    torch.manual_seed(0)
+    config = tester.get_config()
+    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.0
+    model = AltaForPreTraining(config)  # no dropout, so train-mode passes are deterministic
+    inputs = tester.pretraining_inputs()
+    noise = torch.rand(2, 4, 16)
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.train()
+        model(**inputs, mask_noise=noise).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.alta.vision_model.gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_on_cpu(tester: AltaModelTester, dtype: torch.dtype) -> None:
+    model = AltaForPreTraining(tester.get_config())
+    inputs = tester.pretraining_inputs()
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(**inputs)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_save_and_reload_keeps_tied_mlm_decoder(tmp_path, tester: AltaModelTester) -> None:
+    model = AltaForPreTraining(tester.get_config()).eval()
+    assert model.mlm_head.decoder.weight is model.alta.text_model.embeddings.word_embeddings.weight
+    model.save_pretrained(tmp_path)
+    reloaded = AltaForPreTraining.from_pretrained(tmp_path).eval()
+    assert reloaded.mlm_head.decoder.weight is reloaded.alta.text_model.embeddings.word_embeddings.weight
+    inputs = tester.pretraining_inputs()
+    noise = torch.rand(2, 4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs, mask_noise=noise).loss, reloaded(**inputs, mask_noise=noise).loss)
+    base = AltaModel.from_pretrained(tmp_path).eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(base.get_image_features(pixels), model.alta.get_image_features(pixels))
+
+
+def test_helpers() -> None:
+    images = torch.randn(2, 3, 64, 64)
+    patches = patchify(images, 16)
+    assert patches.shape == (2, 16, 16 * 16 * 3)
+    # channel-last flattening: element (row*p + col)*C + c of patch 0 is pixel (c, row, col)
+    assert patches[0, 0, (2 * 16 + 5) * 3 + 1] == images[0, 1, 2, 5]
+    torch.testing.assert_close(unpatchify(patches, 16), images)
+    table = get_2d_sincos_position_embedding(8, 2, 3)
+    assert table.shape == (7, 8) and torch.count_nonzero(table[0]) == 0
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert text_cap_lens(mask).tolist() == [2, 4]
+    adapter = AltaBottleneckAdapter(8, AltaAdapterConfig(), skip=True)
+    assert adapter.down_proj.out_features == 2

@@ -1,0 +1,225 @@
+"""`training/align.py`: smoke run, exact resume, two real CPU processes equal one, faults, the loss module."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from configuration import load_preset
+from modeling_alta import AltaForPreTraining
+from training.align import GlobalBatchSampler, NonFiniteLossError, learning_rate_at, main, parse_args
+from training.losses import AltaPretrainingLoss
+
+from ..conftest import REPO_ROOT
+from .synthetic import write_dataset
+
+
+SMALL = json.dumps(
+    {"vision_config": {"image_size": 32, "reconstruction_image_size": 64}, "text_config": {"max_length": 32}}
+)
+
+
+def _argv(parity_dir: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--preset", "alta-tiny",
+        "--tokenizer_name_or_path", str(parity_dir / "BiomedVLP-CXR-BERT-specialized"),
+        "--config_overrides", SMALL,
+        "--dataset_path", str(dataset),
+        "--output_dir", str(out),
+        "--per_device_train_batch_size", "4",
+        "--max_length", "32",
+        "--learning_rate", "1e-3",
+        "--warmup_steps", "1",
+        "--schedule_steps", "10",
+        "--report_to", "none",
+        "--logging_steps", "1",
+        "--cpu",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("studies"), n=12)
+
+
+def _trainable(folder: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(str(folder / "model.safetensors"))
+    return {k: v for k, v in weights.items() if "adapter" in k or "projection" in k or "logit_scale" in k}
+
+
+def test_smoke_run_writes_a_loadable_folder(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    from transformers import AutoModel
+
+    result = main(_argv(parity_dir, dataset, tmp_path / "run", "--max_steps", "2", "--report_to", "tensorboard"))
+    assert result["global_step"] == 2 and result["skipped_studies"] == 0
+    assert set(result["final_losses"]) >= {"contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"}
+    folder = Path(result["model_dir"])
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__name__ == "AltaModel"
+    assert (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file()
+    assert list((tmp_path / "run").rglob("events.out.tfevents*")), "TensorBoard logs are missing"
+    counts = result["trainable_parameters"], result["total_parameters"]
+    assert 0 < counts[0] < counts[1]
+
+
+def test_resume_continues_exactly(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    # Uninterrupted: 6 steps (2 epochs of 3 batches); checkpoints every 2 steps.
+    full = main(_argv(parity_dir, dataset, tmp_path / "a", "--max_steps", "6", "--checkpointing_steps", "2"))
+    # Interrupted: stop after 4 steps (mid-epoch 2), then resume from the latest checkpoint to step 6.
+    first = main(_argv(parity_dir, dataset, tmp_path / "b", "--max_steps", "4", "--checkpointing_steps", "2"))
+    assert first["global_step"] == 4
+    resumed = main(
+        _argv(
+            parity_dir, dataset, tmp_path / "b", "--max_steps", "6", "--checkpointing_steps", "2",
+            "--resume_from_checkpoint", "latest",
+        )
+    )  # fmt: skip
+    state = json.loads((tmp_path / "b" / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    uninterrupted = json.loads((tmp_path / "a" / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    assert [s["total_loss"] for s in state["losses"]] == pytest.approx(
+        [s["total_loss"] for s in uninterrupted["losses"]], rel=1e-6
+    )
+    a, b = _trainable(Path(full["model_dir"])), _trainable(Path(resumed["model_dir"]))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert kept == ["step-00000002", "step-00000004", "step-00000006"]
+
+
+def test_checkpoint_rotation_keeps_last_k(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    main(_argv(parity_dir, dataset, tmp_path / "r", "--max_steps", "3", "--checkpointing_steps", "1",
+               "--checkpoints_total_limit", "2"))  # fmt: skip
+    kept = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert kept == ["step-00000002", "step-00000003"]
+
+
+def test_two_cpu_processes_equal_one(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    common = ["--max_steps", "2", "--text_dropout", "0.0", "--augment", "false"]
+    one = main(_argv(parity_dir, dataset, tmp_path / "one", *common))
+    argv = _argv(parity_dir, dataset, tmp_path / "two", *common)
+    argv[argv.index("--per_device_train_batch_size") + 1] = "2"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(29500 + os.getpid() % 1000),
+        str(REPO_ROOT / "training" / "align.py"), *argv,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 processes x 2 studies" in proc.stderr
+    two = json.loads((tmp_path / "two" / "model" / "train_results.json").read_text())
+    for key in ("contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"):
+        assert two["final_losses"][key] == pytest.approx(one["final_losses"][key], rel=1e-5, abs=1e-6), key
+    a, b = _trainable(Path(one["model_dir"])), _trainable(tmp_path / "two" / "model")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_unreadable_study_is_skipped_and_counted(tmp_path: Path, parity_dir: Path) -> None:
+    data = write_dataset(tmp_path / "bad", n=8, corrupt=(1,))
+    result = main(_argv(parity_dir, data, tmp_path / "run", "--max_steps", "2"))
+    assert result["global_step"] == 2
+    assert result["skipped_studies"] == 1
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"Stopped at step 3: non-finite loss.*last good checkpoint is"):
+        main(_argv(parity_dir, dataset, tmp_path / "nan", "--max_steps", "4", "--checkpointing_steps", "2",
+                   "--learning_rate", "1e30"))  # fmt: skip
+    assert (tmp_path / "nan" / "checkpoints" / "step-00000002" / "trainer_state.json").is_file()
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    out = tmp_path / "int"
+    cmd = [sys.executable, str(REPO_ROOT / "training" / "align.py"), *_argv(parity_dir, dataset, out, "--max_steps", "100000")]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if "training alta" in line or time.time() > deadline:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=240)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log[-3000:]
+    assert "interrupted: saved" in log
+    saved = list((out / "checkpoints").glob("step-*/trainer_state.json"))
+    assert saved
+
+
+def test_config_file_and_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "recipe.yaml"
+    config.write_text("preset: alta-tiny\nper_device_train_batch_size: 7\nbase_learning_rate: 1.0e-4\nadapter: full\n")
+    model_args, data_args, args = parse_args(["--config", str(config), "--per_device_train_batch_size", "3"])
+    assert args.per_device_train_batch_size == 3 and args.base_learning_rate == 1e-4
+    assert model_args.adapter == "full" and data_args.mlm_probability == 0.5
+    assert args.adam_beta2 == 0.95 and args.weight_decay == 0.05 and args.mask_ratio == 0.75
+    config.write_text("preset: alta-tiny\nnot_a_field: 1\n")
+    with pytest.raises(ValueError, match=r"Unknown keys in the config file: \['not_a_field'\]"):
+        parse_args([str(config)])
+
+
+def test_schedule_and_sampler() -> None:
+    assert learning_rate_at(0, 1.0, 10, 100) == 0.0
+    assert learning_rate_at(5, 1.0, 10, 100) == pytest.approx(0.5)
+    assert learning_rate_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert learning_rate_at(55, 1.0, 10, 100) == pytest.approx(0.5)
+    # the reference stops after 30 of 100 epochs, 10 of warm-up: lr = 0.883 x peak
+    assert learning_rate_at(30, 1.0, 10, 100) == pytest.approx(0.883, abs=1e-3)
+    one = GlobalBatchSampler(10, 4, 1, 0, seed=3)
+    ranks = [GlobalBatchSampler(10, 2, 2, r, seed=3) for r in range(2)]
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        for r in ranks:
+            r.set_epoch(epoch)
+        joined = [a + b for a, b in zip(*[list(r) for r in ranks])]
+        assert joined == list(one)
+    one.set_epoch(1, start_batch=1)
+    assert len(list(one)) == 1
+
+
+def test_loss_module_equals_model_loss_in_one_process() -> None:
+    torch.manual_seed(0)
+    config = load_preset("alta-tiny", vision_config={"image_size": 32, "reconstruction_image_size": 64})
+    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.0
+    model = AltaForPreTraining(config)
+    model.freeze_backbone()
+    ids = torch.randint(5, 400, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[:, 2:6] = ids[:, 2:6]
+    inputs = dict(
+        pixel_values=torch.randn(3, 4, 3, 32, 32),
+        reconstruction_pixel_values=torch.randn(3, 3, 64, 64),
+        input_ids=ids,
+        attention_mask=mask,
+        mlm_input_ids=torch.where(labels != -100, torch.full_like(ids, 4), ids),
+        mlm_labels=labels,
+        mask_noise=torch.rand(3, 4, 4),
+    )
+    reference = model(**inputs, return_loss=True)
+    reference.loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    losses = AltaPretrainingLoss.from_config(config)(model(**inputs, return_loss=False))
+    losses["loss"].backward()
+    torch.testing.assert_close(losses["loss"], reference.loss)
+    torch.testing.assert_close(losses["total_loss"], reference.loss.detach())
+    for name, grad in expected.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)
