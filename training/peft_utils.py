@@ -23,10 +23,14 @@ Presets:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
+
+
+logger = logging.getLogger(__name__)
 
 
 ADAPTER_METHODS = ("alta", "lora", "ia3", "full")
@@ -157,6 +161,9 @@ def apply_adapter_method(model: nn.Module, method: str, **kwargs: Any) -> nn.Mod
     - `"alta"`: the native ALTA set (`model.freeze_backbone()`; kwargs: `groups`).
     - `"lora"` / `"ia3"`: `peft.get_peft_model(model, lora_config_for_alta(**kwargs) / ia3_config_for_alta(**kwargs))`.
       The ALTA adapters already in the model stay frozen (identity at init; a trained checkpoint keeps its own).
+      **Use the returned `PeftModel`** (its `save_pretrained` writes the PEFT adapter). `alpha`/`dropout` are accepted
+      for `lora_alpha`/`lora_dropout`, and the LoRA-only options (`r`, `alpha`, `dropout`) are dropped for IA3, so
+      one call site can pass the same command-line options to both.
     - `"full"`: every parameter except the fixed sin-cos positions and the missing-view token.
 
     After any method, `model.clamp_logit_scales()` still works (a `PeftModel` forwards attributes).
@@ -176,6 +183,17 @@ def apply_adapter_method(model: nn.Module, method: str, **kwargs: Any) -> nn.Mod
         return model
     from peft import get_peft_model
 
+    for alias, name in (("alpha", "lora_alpha"), ("dropout", "lora_dropout")):
+        if alias in kwargs:
+            if name in kwargs:
+                raise TypeError(
+                    f"Pass either `{alias}` or `{name}`, not both; got {kwargs[alias]} and {kwargs[name]}."
+                )
+            kwargs[name] = kwargs.pop(alias)
+    if method == "ia3":
+        dropped = {k: kwargs.pop(k) for k in ("r", "lora_alpha", "lora_dropout") if k in kwargs}
+        if dropped:
+            logger.info("IA3 has no rank, alpha or dropout; ignoring %s", dropped)
     model.requires_grad_(False)
     config = lora_config_for_alta(**kwargs) if method == "lora" else ia3_config_for_alta(**kwargs)
     return get_peft_model(model, config)

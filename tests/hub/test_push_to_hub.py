@@ -34,13 +34,16 @@ def test_export_pushes_model_code_processor_and_card_and_loads_back_as_remote_co
 import torch
 from transformers import BertTokenizer
 from modeling_alta import AltaModel
+from modeling_alta.image_processing_alta import AltaImageProcessor
+from modeling_alta.processing_alta import AltaProcessor
 from tests.hub.alta_classes import features, make_model
 from training.export import export_model
 model = make_model(cls=AltaModel)
 torch.save(features(model), {str(tmp_path / "expected.pt")!r})
-tokenizer = BertTokenizer(vocab={str(tmp_path / "vocab.txt")!r})  # processor stand-in until AltaProcessor lands
+tokenizer = BertTokenizer(vocab={str(tmp_path / "vocab.txt")!r})
+processor = AltaProcessor(image_processor=AltaImageProcessor(), tokenizer=tokenizer)
 result = export_model(
-    model, tokenizer, {str(tmp_path / "export")!r}, push_to_hub=True, repo_id="fake-user/alta-tiny",
+    model, processor, {str(tmp_path / "export")!r}, push_to_hub=True, repo_id="fake-user/alta-tiny",
     metrics={{"chexpert5x200/acc": 0.5, "rsna/auroc": 0.75}}, base_model="fake-user/alta-base",
     datasets=["mimic-cxr"], adapter_method="alta",
 )
@@ -52,10 +55,11 @@ print("COMMIT", result.commit_url)
     assert "COMMIT " + hub.url + "/fake-user/alta-tiny/commit/" in out, out
 
     files = hub.files("fake-user/alta-tiny")
-    code = {"configuration_alta.py", "modeling_alta.py"} | ({"adapters_alta.py"} if MIXIN_SHIPPED else set())
+    code = {"configuration_alta.py", "modeling_alta.py", "processing_alta.py", "image_processing_alta.py"}
+    code |= {"cxr_io_alta.py"} | ({"adapters_alta.py"} if MIXIN_SHIPPED else set())
     expected = {".gitattributes", "README.md", "config.json", "model.safetensors", "eval_results.json"} | code
     assert expected <= set(files), sorted(files)
-    assert {"tokenizer.json", "tokenizer_config.json"} <= set(files), sorted(files)
+    assert {"tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(files), sorted(files)
     config = json.loads(files["config.json"])
     assert config["model_type"] == "alta"
     assert config["auto_map"]["AutoModel"] == "modeling_alta.AltaModel"
@@ -81,19 +85,27 @@ print("COMMIT", result.commit_url)
     loaded = run_isolated(
         f"""
 import torch
-from transformers import AutoModel, AutoTokenizer
+import numpy as np
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
 model = AutoModel.from_pretrained("fake-user/alta-tiny", trust_remote_code=True).eval()
-tok = AutoTokenizer.from_pretrained("fake-user/alta-tiny")
+processor = AutoProcessor.from_pretrained("fake-user/alta-tiny", trust_remote_code=True)
+image = Image.fromarray((np.arange(300 * 280) % 251).astype("uint8").reshape(300, 280), mode="L")
+inputs = processor(images=image, text=["pleural effusion", "no finding"], return_tensors="pt")
+with torch.no_grad():
+    logits = model(**inputs).logits_per_image
+print("PROCESSOR", type(processor).__name__, tuple(inputs["pixel_values"].shape), tuple(logits.shape))
 {TINY_PROBE}
 expected = torch.load({str(tmp_path / "expected.pt")!r})
 print("CLASS", type(model).__module__.split(".")[0], type(model).__name__)
-print("EQUAL", torch.equal(probe(model), expected), tok.tokenize("pleural effusion"))
+print("EQUAL", torch.equal(probe(model), expected), processor.tokenizer.tokenize("pleural effusion"))
 """,
         cwd=tmp_path,
         env=hub.env(),
     )
     assert "CLASS transformers_modules AltaModel" in loaded, loaded
     assert "EQUAL True ['pleural', 'effusion']" in loaded, loaded
+    assert "PROCESSOR AltaProcessor (1, 3, 224, 224) (1, 2)" in loaded, loaded
 
 
 def test_push_adapter_then_load_it_from_the_hub(hub, tmp_path):

@@ -112,5 +112,12 @@ def test_presets_and_methods():
         "alta.vision_model.embeddings.position_embedding",
         "decoder.position_embedding",
     ]
+    # align.py passes the same options to both methods; IA3 drops the LoRA-only ones.
+    lora = apply_adapter_method(make_model(), "lora", r=4, alpha=8, dropout=0.1)
+    assert lora.peft_config["default"].r == 4 and lora.peft_config["default"].lora_alpha == 8
+    ia3 = apply_adapter_method(make_model(), "ia3", r=4, alpha=8, dropout=0.1)
+    assert type(ia3.peft_config["default"]).__name__ == "IA3Config"
+    with pytest.raises(TypeError, match="either `alpha` or `lora_alpha`"):
+        apply_adapter_method(make_model(), "lora", alpha=8, lora_alpha=16)
     with pytest.raises(ValueError, match=r"Unknown adapter method 'prefix'"):
         apply_adapter_method(make_model(), "prefix")
