@@ -165,3 +165,38 @@ def test_adapter_only_export(tmp_path):
     with pytest.raises(ValueError, match="needs a `repo_id`"):
         export_model(model, None, tmp_path / "x", push_to_hub=True)
     assert torch.is_tensor(next(model.parameters()))
+
+
+@pytest.mark.skipif(not MIXIN_SHIPPED, reason="AltaPreTrainedModel does not inherit AltaAdapterMixin yet")
+def test_remote_code_user_loads_an_adapter_from_the_hub(hub, tmp_path):
+    """A user without this package: base and adapter both come from the Hub, the mixin ships as remote code."""
+    run_python(
+        f"""
+import torch
+from modeling_alta import AltaModel
+from tests.hub.alta_classes import features, make_model, train_adapter_set
+make_model(cls=AltaModel).push_to_hub("fake-user/base")
+model = make_model(cls=AltaModel)
+train_adapter_set(model, 1)
+model.push_alta_adapter_to_hub("fake-user/adapter", base_model_name_or_path="fake-user/base")
+torch.save(features(model), {str(tmp_path / "expected.pt")!r})
+""",
+        env=hub.env(),
+        cwd=tmp_path,
+    )
+    assert "adapters_alta.py" in hub.files("fake-user/base")
+    out = run_isolated(
+        f"""
+import torch
+from transformers import AutoModel
+{TINY_PROBE}
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+model = AutoModel.from_pretrained("fake-user/base", trust_remote_code=True).eval()
+model.load_alta_adapter("fake-user/adapter")
+auto = AutoModel.from_pretrained("fake-user/adapter", trust_remote_code=True).eval()
+print("REMOTE", torch.equal(probe(model), expected), torch.equal(probe(auto), expected), auto.list_alta_adapters())
+""",
+        cwd=tmp_path,
+        env=hub.env(),
+    )
+    assert "REMOTE True True ['default']" in out, out
