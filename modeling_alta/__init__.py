@@ -6,12 +6,15 @@ This ``__init__`` is never shipped to the Hub; the files beside it are, and they
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
+    AutoProcessor,
 )
 
 from .configuration_alta import AltaAdapterConfig, AltaConfig, AltaTextConfig, AltaVisionConfig
+from .image_processing_alta import AltaImageProcessor
 from .modeling_alta import (
     AltaForPreTraining,
     AltaForPreTrainingOutput,
@@ -26,6 +29,7 @@ from .modeling_alta import (
     alta_mlm_loss,
     alta_reconstruction_loss,
 )
+from .processing_alta import AltaProcessor
 
 
 def _register() -> None:
@@ -49,6 +53,8 @@ def _register() -> None:
             factory.register(config_class, model_class)
         except ValueError:
             pass
+    AutoImageProcessor.register(AltaConfig, image_processor_classes={"pil": AltaImageProcessor}, exist_ok=True)
+    AutoProcessor.register(AltaConfig, AltaProcessor, exist_ok=True)
 
 
 _register()
@@ -58,9 +64,11 @@ __all__ = [
     "AltaConfig",
     "AltaForPreTraining",
     "AltaForPreTrainingOutput",
+    "AltaImageProcessor",
     "AltaModel",
     "AltaOutput",
     "AltaPreTrainedModel",
+    "AltaProcessor",
     "AltaTextConfig",
     "AltaTextModel",
     "AltaVisionConfig",

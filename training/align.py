@@ -129,7 +129,6 @@ def _trackers(report_to: str) -> list[str]:
 
 def build_model(model_args: ModelArguments, args: AlignArguments):
     from modeling_alta import AltaForPreTraining
-    from modeling_alta.processing_alta import AltaProcessor
 
     overrides = {
         "contrastive_loss_weight": args.contrastive_loss_weight,
@@ -215,19 +214,28 @@ def apply_training_mode(model, model_args: ModelArguments) -> dict[str, int]:
         for module in model.alta_adapters():
             unused.update(id(p) for p in module.parameters())
         alta = model.alta
-        for head in (alta.vision_projection, alta.vision_local_projection, alta.text_projection, alta.text_local_projection):
+        for head in (
+            alta.vision_projection,
+            alta.vision_local_projection,
+            alta.text_projection,
+            alta.text_local_projection,
+        ):
             unused.update(id(p) for p in head.parameters())
         for name in ("logit_scale", "logit_scale_local1", "logit_scale_local2", "logit_scale_local3"):
             unused.add(id(getattr(alta, name)))
-        frozen_buffers = {id(model.alta.vision_model.embeddings.position_embedding),
-                          id(model.alta.vision_model.embeddings.missing_token),
-                          id(model.decoder.position_embedding)}
+        frozen_buffers = {
+            id(model.alta.vision_model.embeddings.position_embedding),
+            id(model.alta.vision_model.embeddings.missing_token),
+            id(model.decoder.position_embedding),
+        }
         for param in model.parameters():
             param.requires_grad_(id(param) not in unused and id(param) not in frozen_buffers)
         return model.num_trainable_parameters()
     from training.peft_utils import apply_adapter_method
 
-    apply_adapter_method(model, method, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout)
+    apply_adapter_method(
+        model, method, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout
+    )
     return model.num_trainable_parameters()
 
 
@@ -457,7 +465,7 @@ def train_step(model, batch, loss_fn, optimizer, accelerator, args: AlignArgumen
     finite = torch.isfinite(losses["loss"].detach()).float()
     finite = accelerator.reduce(finite, reduction="sum") if accelerator.num_processes > 1 else finite
     if float(finite) < accelerator.num_processes:
-        details = {k: float(v) for k, v in losses.items()}
+        details = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(f"non-finite loss {details}")
     accelerator.backward(losses["loss"] / args.gradient_accumulation_steps)
     return {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
@@ -496,7 +504,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tracker_config = {**asdict(model_args), **asdict(data_args), **{k: v for k, v in asdict(args).items()}}
     if accelerator.trackers is not None and _trackers(args.report_to):
-        accelerator.init_trackers("alta-align", config={k: v for k, v in tracker_config.items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "alta-align", config={k: v for k, v in tracker_config.items() if isinstance(v, (int, float, str, bool))}
+        )
     if accelerator.is_main_process:
         logger.info(
             "training %s: %d of %d parameters trainable (%.2f%%); %d processes x %d studies; peak lr %.3g; %d steps",
@@ -562,13 +572,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     log.update(
                         {
                             "train/lr": lr,
-                            "train/logit_scale": float(unwrapped.alta.logit_scale.exp()),
+                            "train/logit_scale": float(unwrapped.alta.logit_scale.detach().exp()),
                             "train/samples_per_second": throughput,
                             "train/skipped_studies": state.skipped_studies,
                         }
                     )
                     for i, scale in enumerate(unwrapped.alta.local_scales(), start=1):
-                        log[f"train/logit_scale_local{i}"] = float(scale)
+                        log[f"train/logit_scale_local{i}"] = float(scale.detach())
                     accelerator.log(log, step=state.global_step)
                 if args.eval_steps and data_args.validation_path and state.global_step % args.eval_steps == 0:
                     metrics.update(validate(unwrapped, processor, data_args, accelerator, state.global_step))

@@ -16,7 +16,8 @@ ADAPTER_METHODS = ("alta", "lora", "ia3", "full", "mae")
 @dataclass
 class ModelArguments:
     preset: str | None = field(
-        default=None, metadata={"help": "Build a fresh model from a preset (alta-base, alta-tiny); see configuration/."}
+        default=None,
+        metadata={"help": "Build a fresh model from a preset (alta-base, alta-tiny); see configuration/."},
     )
     model_name_or_path: str | None = field(
         default=None,

@@ -29,7 +29,9 @@ def write_studies(root: Path, n: int = 8, size: int = 48, seed: int = 0, corrupt
     for i in range(n):
         row: dict = {"study_id": f"s{i}", "subject_id": f"p{i // 2}"}
         for view in ("frontal", "lateral", "prior_frontal", "prior_lateral"):
-            present = view == "frontal" or (view == "lateral" and i % 2 == 0) or (view.startswith("prior") and i % 3 == 0)
+            present = (
+                view == "frontal" or (view == "lateral" and i % 2 == 0) or (view.startswith("prior") and i % 3 == 0)
+            )
             if not present:
                 row[view] = None
                 continue

@@ -143,7 +143,11 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, parity_dir: 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
     out = tmp_path / "int"
-    cmd = [sys.executable, str(REPO_ROOT / "training" / "align.py"), *_argv(parity_dir, dataset, out, "--max_steps", "100000")]
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "training" / "align.py"),
+        *_argv(parity_dir, dataset, out, "--max_steps", "100000"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
