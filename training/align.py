@@ -166,7 +166,7 @@ def build_model(model_args: ModelArguments, args: AlignArguments):
     if tokenizer_source is None:
         raise ValueError("With --preset, give --tokenizer_name_or_path (a folder with the text model's vocab.txt).")
     processor = _load_processor(tokenizer_source, model)
-    counts = apply_training_mode(model, model_args)
+    model, counts = apply_training_mode(model, model_args)
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, processor, counts
@@ -198,16 +198,16 @@ def image_processor_for(config):
     )
 
 
-def apply_training_mode(model, model_args: ModelArguments) -> dict[str, int]:
-    """Set `requires_grad` for the chosen method and return the trainable/total counts."""
+def apply_training_mode(model, model_args: ModelArguments) -> tuple[Any, dict[str, int]]:
+    """Set `requires_grad` for the chosen method; return the model (a `PeftModel` for lora/ia3) and the counts."""
     method = model_args.adapter
     if method == "alta":
         model.set_adapters_enabled(True)
-        return model.freeze_backbone()
+        return model, model.freeze_backbone()
     if method == "full":
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model.num_trainable_parameters()
+        from training.peft_utils import apply_adapter_method
+
+        return apply_adapter_method(model, "full"), model.num_trainable_parameters()
     if method == "mae":
         model.set_adapters_enabled(False)
         unused = set()
@@ -230,13 +230,14 @@ def apply_training_mode(model, model_args: ModelArguments) -> dict[str, int]:
         }
         for param in model.parameters():
             param.requires_grad_(id(param) not in unused and id(param) not in frozen_buffers)
-        return model.num_trainable_parameters()
+        return model, model.num_trainable_parameters()
     from training.peft_utils import apply_adapter_method
 
-    apply_adapter_method(
+    peft_model = apply_adapter_method(
         model, method, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout
     )
-    return model.num_trainable_parameters()
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return peft_model, {"trainable": trainable, "total": model.num_trainable_parameters()["total"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,6 +348,11 @@ class AlignCollator:
         return batch
 
 
+def base_model(model):
+    """The ALTA model itself, also when wrapped by PEFT."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def build_dataloader(dataset, processor, model, data_args: DataArguments, args: AlignArguments, accelerator):
     from processing.collate import AltaPretrainingCollator
 
@@ -354,7 +360,7 @@ def build_dataloader(dataset, processor, model, data_args: DataArguments, args: 
     sampler = GlobalBatchSampler(
         len(studies), args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index, args.seed
     )
-    vision = model.config.vision_config
+    vision = base_model(model).config.vision_config
     collate = AlignCollator(
         AltaPretrainingCollator(
             processor,
@@ -486,9 +492,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dataset = load_train_dataset(data_args)
     loader, sampler, collate = build_dataloader(dataset, processor, model, data_args, args, accelerator)
     optimizer, peak_lr = build_optimizer(model, args, accelerator.num_processes)
-    loss_fn = AltaPretrainingLoss.from_config(model.config)
+    loss_fn = AltaPretrainingLoss.from_config(base_model(model).config)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = base_model(accelerator.unwrap_model(model))
 
     steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
@@ -669,9 +675,10 @@ def export(accelerator, model, processor, model_args: ModelArguments, args: Alig
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if model_args.adapter in ("lora", "ia3"):
-            unwrapped.save_pretrained(out / "peft_adapter")  # PEFT's own files
-            base = unwrapped.merge_and_unload() if model_args.adapter == "lora" else unwrapped.get_base_model()
-            base.save_pretrained(out)
+            unwrapped.save_pretrained(out / "peft_adapter")  # PEFT's own files, for PeftModel.from_pretrained
+            from training.peft_utils import merge_peft_model
+
+            merge_peft_model(unwrapped).save_pretrained(out)  # a plain ALTA folder with the adaptation merged
         else:
             unwrapped.save_pretrained(out)
             if args.save_adapter and model_args.adapter == "alta" and hasattr(unwrapped, "save_alta_adapter"):

@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         frontal_common = [*common]
         frontal_common[frontal_common.index("--dataset_path") + 1] = str(out / "data_frontal_only")
         frontal_run = run_align(
-            "baseline_frontal_only", out, frontal_common, ["--model_name_or_path", backbone["model_dir"], *align_budget]
+            "baseline_frontal_only",
+            out,
+            frontal_common,
+            ["--model_name_or_path", backbone["model_dir"], *align_budget],
         )
         runs["baseline_random_backbone"] = (random_backbone, False)
         runs["baseline_frontal_only"] = (frontal_run, True)

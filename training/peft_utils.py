@@ -217,3 +217,21 @@ __all__ = [
     "lora_config_for_alta",
     "trainable_summary",
 ]
+
+
+def merge_peft_model(peft_model: nn.Module) -> nn.Module:
+    """Fold a trained LoRA/IA3 `PeftModel` into a plain ALTA model (for a folder that loads without PEFT).
+
+    The trained copies of `modules_to_save` (the projection heads) are put in place first: PEFT 0.21's IA3
+    `merge_and_unload` fails on wrapped modules that are not Linear layers.
+    """
+    from peft.utils.other import ModulesToSaveWrapper
+
+    base = peft_model.get_base_model()
+    for name, module in list(base.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = base.get_submodule(parent_name) if parent_name else base
+            adapter = module.active_adapters[0] if module.active_adapters else "default"
+            setattr(parent, child, module.modules_to_save[adapter])
+    return peft_model.merge_and_unload()
