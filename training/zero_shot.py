@@ -42,6 +42,16 @@ def prompt_preset(name: str) -> dict[str, list[str]]:
     raise ValueError(f"unknown prompt preset {name!r}; available: 'chexpert5x200', 'rsna', 'demo'")
 
 
+def _is_single(images: Any) -> bool:
+    """One image (path, bytes, PIL, `[H,W]`/`[H,W,C]` array, pydicom dataset) or one study dict, not a batch."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(images, str | bytes | os.PathLike | Mapping | Image.Image) or hasattr(images, "PixelData"):
+        return True
+    return isinstance(images, np.ndarray) and images.ndim <= 3
+
+
 @dataclass
 class ZeroShotPrediction:
     """Zero-shot scores of N images (or studies) against C classes.
@@ -211,8 +221,10 @@ class ZeroShotClassifier:
         Returns:
             `ZeroShotPrediction` with `[N, C]` cosines and probabilities and `[N]` predictions.
         """
-        if isinstance(images, str | os.PathLike | Mapping) or not isinstance(images, Sequence | torch.Tensor):
+        if _is_single(images):
             images = [images]  # one image or one study
+        elif not isinstance(images, torch.Tensor):
+            images = list(images)  # lists, tuples, a `datasets` column
         self.class_embeddings  # noqa: B018 - text tower first, so a bad prompt fails before the image work
         return self.scores_from_embeddings(
             embed_images(self.model, self.processor, images, batch_size, dicom_rule=dicom_rule)

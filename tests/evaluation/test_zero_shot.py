@@ -118,3 +118,15 @@ def test_single_image_and_embeddings_agree(model_and_processor, real_cxr_dir):
     one = clf.predict(image)
     direct = clf.scores_from_embeddings(embed_images(model, processor, [image]))
     assert torch.equal(one.logits, direct.logits)
+
+
+def test_predict_accepts_batches_of_any_iterable(model_and_processor, real_cxr_dir):
+    from PIL import Image
+
+    model, processor = model_and_processor
+    paths = sorted((real_cxr_dir / "nih").glob("*.png"))[:2]
+    clf = ZeroShotClassifier(model, processor, "demo", clean_text=False)
+    batch = clf.predict(paths).logits
+    assert torch.equal(clf.predict(tuple(paths)).logits, batch)
+    assert torch.equal(clf.predict(p for p in paths).logits, batch)  # any iterable, e.g. a `datasets` column
+    torch.testing.assert_close(clf.predict(Image.open(paths[0])).logits, batch[:1], atol=1e-6, rtol=1e-5)
