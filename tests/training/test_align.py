@@ -257,7 +257,7 @@ def test_peft_methods_train_through_align(tmp_path: Path, parity_dir: Path, data
 
 def test_mae_mode_trains_the_backbone_with_adapters_off(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
     result = main(_argv(parity_dir, dataset, tmp_path / "mae", "--max_steps", "2", "--adapter", "mae"))
-    assert set(result["final_losses"]) == {"reconstruction_loss", "mlm_loss", "total_loss"}
+    assert set(result["final_losses"]) == {"step", "reconstruction_loss", "mlm_loss", "total_loss"}
     weights = load_file(str(Path(result["model_dir"]) / "model.safetensors"))
     ups = [v for k, v in weights.items() if k.endswith("up_proj.weight")]
     assert ups and all(torch.count_nonzero(v) == 0 for v in ups)  # adapters untouched: still identity
