@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput, logging
 
+from .adapters_alta import AltaAdapterMixin
 from .configuration_alta import AltaAdapterConfig, AltaConfig, AltaTextConfig, AltaVisionConfig
 
 
@@ -1002,7 +1003,7 @@ def _guarded_copy(param: torch.Tensor, value: torch.Tensor) -> None:
         param.copy_(value.to(device=param.device, dtype=param.dtype))
 
 
-class AltaPreTrainedModel(PreTrainedModel):
+class AltaPreTrainedModel(AltaAdapterMixin, PreTrainedModel):
     """Weight initialisation, freezing and adapter switches shared by every ALTA model."""
 
     config_class = AltaConfig

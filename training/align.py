@@ -166,7 +166,7 @@ def build_model(model_args: ModelArguments, args: AlignArguments):
     if tokenizer_source is None:
         raise ValueError("With --preset, give --tokenizer_name_or_path (a folder with the text model's vocab.txt).")
     processor = _load_processor(tokenizer_source, model)
-    counts = apply_training_mode(model, model_args)
+    model, counts = apply_training_mode(model, model_args)
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, processor, counts
@@ -198,16 +198,16 @@ def image_processor_for(config):
     )
 
 
-def apply_training_mode(model, model_args: ModelArguments) -> dict[str, int]:
-    """Set `requires_grad` for the chosen method and return the trainable/total counts."""
+def apply_training_mode(model, model_args: ModelArguments) -> tuple[Any, dict[str, int]]:
+    """Set `requires_grad` for the chosen method; return the model (a `PeftModel` for lora/ia3) and the counts."""
     method = model_args.adapter
     if method == "alta":
         model.set_adapters_enabled(True)
-        return model.freeze_backbone()
+        return model, model.freeze_backbone()
     if method == "full":
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model.num_trainable_parameters()
+        from training.peft_utils import apply_adapter_method
+
+        return apply_adapter_method(model, "full"), model.num_trainable_parameters()
     if method == "mae":
         model.set_adapters_enabled(False)
         unused = set()
@@ -230,13 +230,14 @@ def apply_training_mode(model, model_args: ModelArguments) -> dict[str, int]:
         }
         for param in model.parameters():
             param.requires_grad_(id(param) not in unused and id(param) not in frozen_buffers)
-        return model.num_trainable_parameters()
+        return model, model.num_trainable_parameters()
     from training.peft_utils import apply_adapter_method
 
-    apply_adapter_method(
+    peft_model = apply_adapter_method(
         model, method, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout
     )
-    return model.num_trainable_parameters()
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return peft_model, {"trainable": trainable, "total": model.num_trainable_parameters()["total"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,22 +311,24 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 @dataclass
 class AlignCollator:
-    """Wraps `AltaPretrainingCollator`: drops unreadable studies (counted), and seeds every study's augmentation,
-    sentence shuffle, MLM masking and patch-masking noise from `(seed, epoch, index)`."""
+    """Wraps `AltaPretrainingCollator`: drops unreadable studies, and seeds every study's augmentation, sentence
+    shuffle, MLM masking and patch-masking noise from `(seed, epoch, index)`.
+
+    Dropped studies are reported in the batch under `"skipped"` (a list of messages), because with DataLoader
+    workers the collator runs in another process and could not count them itself.
+    """
 
     collator: Any
     seed: int
     num_patches: int
     num_slots: int
     epoch: int = 0
-    skipped: list[str] = field(default_factory=list)
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
-        parts, noises = [], []
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        parts, noises, skipped = [], [], []
         for sample in samples:
             if not sample.get("valid", True):
-                self.skipped.append(f"study index {sample['index']}: {sample.get('error')}")
-                logger.warning("skipping unreadable study (index %s): %s", sample["index"], sample.get("error"))
+                skipped.append(f"study index {sample['index']}: {sample.get('error')}")
                 continue
             key = [self.seed, self.epoch, sample["index"]]
             self.collator.seed = int(np.random.SeedSequence(key).generate_state(1)[0])
@@ -333,16 +336,21 @@ class AlignCollator:
             try:
                 parts.append(self.collator([sample]))
             except ValueError as err:  # the collator dropped it (unreadable) or found it unusable
-                self.skipped.append(f"study index {sample['index']}: {err}")
-                logger.warning("skipping study (index %s): %s", sample["index"], err)
+                skipped.append(f"study index {sample['index']}: {err}")
                 continue
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence([*key, 1]).generate_state(1)[0]))
             noises.append(torch.rand(self.num_slots, self.num_patches, generator=generator))
         if not parts:
-            return None
-        batch = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
+            return {"skipped": skipped}
+        batch: dict[str, Any] = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
         batch["mask_noise"] = torch.stack(noises)
+        batch["skipped"] = skipped
         return batch
+
+
+def base_model(model):
+    """The ALTA model itself, also when wrapped by PEFT."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def build_dataloader(dataset, processor, model, data_args: DataArguments, args: AlignArguments, accelerator):
@@ -352,7 +360,7 @@ def build_dataloader(dataset, processor, model, data_args: DataArguments, args: 
     sampler = GlobalBatchSampler(
         len(studies), args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index, args.seed
     )
-    vision = model.config.vision_config
+    vision = base_model(model).config.vision_config
     collate = AlignCollator(
         AltaPretrainingCollator(
             processor,
@@ -484,9 +492,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dataset = load_train_dataset(data_args)
     loader, sampler, collate = build_dataloader(dataset, processor, model, data_args, args, accelerator)
     optimizer, peak_lr = build_optimizer(model, args, accelerator.num_processes)
-    loss_fn = AltaPretrainingLoss.from_config(model.config)
+    loss_fn = AltaPretrainingLoss.from_config(base_model(model).config)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = base_model(accelerator.unwrap_model(model))
 
     steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
@@ -536,6 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples_at_start = state.samples_seen
     last_checkpoint: Path | None = None
     metrics: dict[str, Any] = {}
+    skipped: list[str] = []
     try:
         model.train()
         while state.global_step < max_steps and not interrupted:
@@ -543,7 +552,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             collate.epoch = state.epoch
             micro = 0
             for batch in loader:
-                if batch is None:  # every study of this micro-batch was unreadable
+                for message in batch.pop("skipped"):
+                    skipped.append(message)
+                    logger.warning("skipping unreadable study: %s", message)
+                if "input_ids" not in batch:  # every study of this micro-batch was unreadable
                     continue
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 lr = learning_rate_at(state.global_step, peak_lr, warmup, total, args.min_learning_rate)
@@ -561,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 unwrapped.clamp_logit_scales()
                 state.global_step += 1
                 state.batch_in_epoch += 1
-                state.skipped_studies = len(collate.skipped)
+                state.skipped_studies = len(skipped)
                 state.losses.append({"step": state.global_step, **step_losses})
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 throughput = (state.samples_seen - samples_at_start) / elapsed
@@ -603,8 +615,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if interrupted:
         path = save_checkpoint(accelerator, state, args)
         logger.warning("interrupted: saved %s; resume with --resume_from_checkpoint latest", path)
-    if state.skipped_studies:
-        logger.warning("skipped %d unreadable studies: %s", state.skipped_studies, collate.skipped[:10])
+    state.skipped_studies = len(skipped)
+    if skipped:
+        logger.warning("skipped %d unreadable studies in this run: %s", len(skipped), skipped[:10])
     result = {
         "global_step": state.global_step,
         "samples_seen": state.samples_seen,
@@ -662,9 +675,10 @@ def export(accelerator, model, processor, model_args: ModelArguments, args: Alig
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if model_args.adapter in ("lora", "ia3"):
-            unwrapped.save_pretrained(out / "peft_adapter")  # PEFT's own files
-            base = unwrapped.merge_and_unload() if model_args.adapter == "lora" else unwrapped.get_base_model()
-            base.save_pretrained(out)
+            unwrapped.save_pretrained(out / "peft_adapter")  # PEFT's own files, for PeftModel.from_pretrained
+            from training.peft_utils import merge_peft_model
+
+            merge_peft_model(unwrapped).save_pretrained(out)  # a plain ALTA folder with the adaptation merged
         else:
             unwrapped.save_pretrained(out)
             if args.save_adapter and model_args.adapter == "alta" and hasattr(unwrapped, "save_alta_adapter"):

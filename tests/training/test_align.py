@@ -227,3 +227,37 @@ def test_loss_module_equals_model_loss_in_one_process() -> None:
     torch.testing.assert_close(losses["total_loss"], reference.loss.detach())
     for name, grad in expected.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_peft_methods_train_through_align(tmp_path: Path, parity_dir: Path, dataset: Path, method: str) -> None:
+    from peft import PeftModel
+
+    result = main(_argv(parity_dir, dataset, tmp_path / method, "--max_steps", "2", "--adapter", method))
+    folder = Path(result["model_dir"])
+    adapter_dir = folder / "peft_adapter"
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["peft_type"] == method.upper()
+    assert result["trainable_parameters"] < result["total_parameters"] // 2
+    merged = AltaForPreTraining.from_pretrained(folder).eval()  # the merged folder loads as plain ALTA
+    torch.manual_seed(0)  # align.py seeds with --seed (0) before building the preset model: rebuild that base
+    initial = AltaForPreTraining(load_preset("alta-tiny", **json.loads(SMALL)))
+    reloaded = PeftModel.from_pretrained(initial, adapter_dir).eval()
+    assert sum(p.numel() for n, p in reloaded.named_parameters() if method in n.lower()) > 0
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.randint(5, 400, (2, 12))
+    with torch.no_grad():  # the merged folder computes what base + PEFT adapter compute
+        peft_alta = reloaded.get_base_model().alta
+        for fn in ("get_image_features", "get_text_features"):
+            x = pixels if fn == "get_image_features" else ids
+            torch.testing.assert_close(getattr(merged.alta, fn)(x), getattr(peft_alta, fn)(x), atol=1e-5, rtol=1e-4)
+    base = merged
+    # "total" counts the frozen base plus the PEFT parameters (adapters and modules_to_save copies)
+    assert sum(p.numel() for p in reloaded.parameters()) == result["total_parameters"]
+    assert base.num_trainable_parameters()["total"] < result["total_parameters"]
+
+
+def test_mae_mode_trains_the_backbone_with_adapters_off(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    result = main(_argv(parity_dir, dataset, tmp_path / "mae", "--max_steps", "2", "--adapter", "mae"))
+    assert set(result["final_losses"]) == {"step", "reconstruction_loss", "mlm_loss", "total_loss"}
+    weights = load_file(str(Path(result["model_dir"]) / "model.safetensors"))
+    ups = [v for k, v in weights.items() if k.endswith("up_proj.weight")]
+    assert ups and all(torch.count_nonzero(v) == 0 for v in ups)  # adapters untouched: still identity

@@ -1,0 +1,123 @@
+"""Inference helpers: study/image/report galleries on disk and exact search, text padding, word-patch similarity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.inference import (
+    embed_images,
+    embed_images_to_store,
+    embed_reports_to_store,
+    embed_texts,
+    load_model_and_processor,
+    model_view,
+    search,
+    tokenize_texts,
+    word_patch_similarity,
+)
+from training.retrieval import EmbeddingStore
+
+from ..model_folders import converted_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    folder = converted_tiny_model(parity_dir, tmp_path_factory.mktemp("converted"))
+    return load_model_and_processor(folder)
+
+
+@pytest.fixture(scope="module")
+def images(real_cxr_dir: Path) -> list[Path]:
+    return sorted((real_cxr_dir / "nih").glob("*.png"))[:6]
+
+
+def test_study_gallery_on_disk_equals_in_memory_search(model_and_processor, images, tmp_path):
+    model, processor = model_and_processor
+    studies = [
+        {"frontal": images[0], "lateral": images[1]},
+        {"frontal": images[2]},
+        {"frontal": images[3], "prior_frontal": images[0], "prior_lateral": images[1]},
+        [images[4], None, images[5]],  # ordered slots with a gap
+        {"frontal": images[5], "lateral": images[4], "prior_frontal": images[3]},
+    ]
+    ids = [f"study-{i}" for i in range(len(studies))]
+    # small batches and shards: several shard files and several chunks in the search
+    store = embed_images_to_store(model, processor, studies, ids, tmp_path / "studies", batch_size=2, shard_size=2)
+    assert isinstance(store, EmbeddingStore) and len(store) == 5 and len(store.shards) == 3
+    in_memory = embed_images(model, processor, studies, batch_size=5)
+    torch.testing.assert_close(store.load(), in_memory, atol=1e-6, rtol=1e-5)
+    queries = embed_images(model, processor, [images[0], images[2]])
+    hits = search(queries, tmp_path / "studies", k=3, chunk_size=2)
+    sim = F.normalize(queries, dim=-1) @ in_memory.T
+    expected = torch.sort(sim, dim=1, descending=True, stable=True)
+    assert hits.indices.tolist() == expected.indices[:, :3].tolist()
+    assert hits.ids == [[ids[i] for i in row] for row in expected.indices[:, :3].tolist()]
+    torch.testing.assert_close(hits.scores, expected.values[:, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_report_gallery_and_text_to_image_search(model_and_processor, images, tmp_path):
+    model, processor = model_and_processor
+    reports = ["Small left pleural effusion.", "No acute cardiopulmonary process.", "Mild cardiomegaly.", "Edema."]
+    store = embed_reports_to_store(model, processor, reports, [10, 11, 12, 13], tmp_path / "reports", batch_size=3)
+    torch.testing.assert_close(store.load(), embed_texts(model, processor, reports), atol=1e-6, rtol=1e-5)
+    hits = search(embed_images(model, processor, images[:2]), store, k=4)
+    assert sorted(hits.ids[0]) == [10, 11, 12, 13]
+    assert (hits.scores[:, :-1] >= hits.scores[:, 1:]).all()
+    with pytest.raises(ValueError, match="4 reports but 3 ids"):
+        embed_reports_to_store(model, processor, reports, [1, 2, 3], tmp_path / "bad")
+
+
+def test_texts_are_padded_not_cut_without_truncation(model_and_processor):
+    _, processor = model_and_processor
+    long_text = " ".join(["effusion"] * 30)
+    cut = tokenize_texts(processor.tokenizer, ["edema", long_text], max_length=10)
+    assert cut["input_ids"].shape == (2, 10)
+    whole = tokenize_texts(processor.tokenizer, ["edema", long_text], max_length=10, truncation=False)
+    assert whole["input_ids"].shape[1] > 10 and whole["attention_mask"][1].all()
+    short = tokenize_texts(processor.tokenizer, ["edema"], max_length=10, truncation=False)
+    assert short["input_ids"].shape == (1, 10)
+    # process_text cleanup drops one-word sentences, as the reference does
+    cleaned = tokenize_texts(processor.tokenizer, ["Cardiomegaly."], max_length=8, clean_text=True)
+    assert int(cleaned["attention_mask"].sum()) == 2  # [CLS] [SEP]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "max"])
+def test_word_patch_similarity_definition(model_and_processor, images, reduction):
+    model, processor = model_and_processor
+    phrase = "left pleural effusion"
+    sim = word_patch_similarity(model, processor, images[0], phrase, reduction=reduction)
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    assert sim.shape == (grid, grid) and sim.dtype == np.float32
+    pixels = processor.image_processor([images[0]], return_tensors="pt")["pixel_values"]
+    enc = processor(text=[phrase], max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        patches = F.normalize(model.get_image_patch_features(pixels)[0], dim=-1)
+        tokens = model.get_text_token_features(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])[0]
+    n = int(enc["attention_mask"].sum())
+    words = F.normalize(tokens[1 : n - 1], dim=-1)  # 'left', 'pleural', 'effusion' word pieces
+    expected = (
+        patches @ F.normalize(words.mean(0), dim=-1) if reduction == "mean" else (patches @ words.T).max(1).values
+    )
+    np.testing.assert_allclose(sim.reshape(-1), expected.numpy(), atol=1e-5, rtol=1e-5)
+    assert np.all(np.abs(sim) <= 1 + 1e-5)
+    view = model_view(processor, images[0])
+    assert view.size == (224, 224) and view.mode == "L"
+
+
+def test_bad_inputs_name_the_problem(model_and_processor, images):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match="reduction"):
+        word_patch_similarity(model, processor, images[0], "effusion", reduction="sum")
+    with pytest.raises(ValueError, match="phrase"):
+        word_patch_similarity(model, processor, images[0], "  ")
+    with pytest.raises(TypeError, match="text 1"):
+        embed_texts(model, processor, ["ok", 3])
+    with pytest.raises(TypeError, match="ALTA model"):
+        embed_images(torch.nn.Linear(2, 2), processor, images[:1])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model_and_processor(images[0].parent)

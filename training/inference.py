@@ -1,0 +1,456 @@
+"""Inference on top of an ALTA model: embeddings of images, studies and reports, on-disk galleries, search, heatmaps.
+
+Embedding conventions (alta_reference.md §8):
+
+- an **image** (path, PIL, array, DICOM path or pydicom `Dataset`) goes through the model's single-frontal path
+  (`pixel_values [B,3,H,W]`, slot-0 embeddings, CLS → `vision_projection`): the reference evaluation path;
+- a **study** (a dict with keys among `frontal`, `lateral`, `prior_frontal`, `prior_lateral`, or an ordered list of up
+  to four views with `None` for a gap) goes through the multiview/temporal path (`pixel_values [B,V,3,H,W]` with an
+  explicit `view_mask`), which the reference does not evaluate;
+- a **text** is tokenised like training (`max_length` from the model config, raw text) unless told otherwise
+  (`clean_text=True` applies the reference's `process_text`; `truncation=False` pads to the longest text instead of
+  cutting, as the reference's retrieval scripts do).
+
+Embeddings are returned L2-normalised unless `normalize=False` (prompt ensembles need the unnormalised ones).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.retrieval import EmbeddingStore, EmbeddingStoreWriter, Id, TopKResult, exact_topk
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _dual_encoder(model: Any) -> Any:
+    """The `AltaModel` inside whatever was given: an `AltaModel`, an `AltaForPreTraining` (its `.alta`), or either
+    loaded as Hub custom code (a `transformers_modules` class, recognised by its methods)."""
+    if hasattr(model, "alta") and hasattr(model.alta, "get_image_features"):
+        model = model.alta
+    for name in ("get_image_features", "get_text_features", "get_image_patch_features", "get_text_token_features"):
+        if not callable(getattr(model, name, None)):
+            raise TypeError(
+                f"expected an ALTA model (AltaModel or AltaForPreTraining); {type(model).__name__} has no {name}()"
+            )
+    return model
+
+
+def load_model_and_processor(
+    model: str | os.PathLike | Any,
+    processor: Any = None,
+    device: str | torch.device | None = None,
+) -> tuple[Any, Any]:
+    """An ALTA dual encoder in eval mode and its processor.
+
+    Args:
+        model: a folder written by `alta-convert`, `save_pretrained` or `training/align.py` (its `model/` folder;
+            pre-training heads in the weights are ignored), or a model instance (`AltaModel`, `AltaForPreTraining`,
+            or their custom-code classes).
+        processor: an `AltaProcessor`; default: loaded from the model folder (`model.name_or_path` for instances).
+        device: where to put the model; default: where it is (CPU for folders).
+
+    Returns:
+        `(model, processor)`; the model is the `AltaModel` part, in eval mode.
+    """
+    if isinstance(model, str | os.PathLike):
+        folder = Path(model)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder: config.json is missing")
+        from modeling_alta import AltaModel
+
+        loaded = AltaModel.from_pretrained(folder)
+    else:
+        loaded = model
+        folder = Path(getattr(model, "name_or_path", "") or "")
+    loaded = _dual_encoder(loaded)
+    if processor is None:
+        if not str(folder) or not ((folder / "processor_config.json").is_file() or (folder / "vocab.txt").is_file()):
+            raise ValueError(
+                f"no processor given and none found in the model folder {str(folder)!r}; pass `processor=` "
+                "(an AltaProcessor) or a folder saved with the processor"
+            )
+        from modeling_alta import AltaProcessor
+
+        processor = AltaProcessor.from_pretrained(folder)
+    if device is not None:
+        loaded = loaded.to(device)
+    return loaded.eval(), processor
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive; got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Images and studies
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def is_study(item: Any) -> bool:
+    """True for a study (a dict of views, or a list/tuple of views), False for one image."""
+    return isinstance(item, Mapping) or isinstance(item, list | tuple)
+
+
+def pixel_inputs(processor: Any, images: Sequence[Any], dicom_rule: str | None = None) -> dict[str, torch.Tensor]:
+    """Processor outputs for a batch of images or of studies (not mixed).
+
+    Returns:
+        `{"pixel_values": [B,3,H,W]}` for images, `{"pixel_values": [B,V,3,H,W], "view_mask": [B,V]}` for studies.
+    """
+    image_processor = getattr(processor, "image_processor", processor)
+    kwargs = {"dicom_rule": dicom_rule} if dicom_rule else {}
+    out = image_processor(list(images), return_tensors="pt", **kwargs)
+    return {k: out[k] for k in ("pixel_values", "view_mask") if k in out}
+
+
+@torch.no_grad()
+def embed_images(
+    model: Any,
+    processor: Any,
+    images: Sequence[Any],
+    batch_size: int = 32,
+    normalize: bool = True,
+    dicom_rule: str | None = None,
+) -> torch.Tensor:
+    """Embed images (single-frontal path) or studies (multiview/temporal path with `view_mask`).
+
+    Args:
+        model: an ALTA model (see `load_model_and_processor`).
+        processor: its `AltaProcessor` (or `AltaImageProcessor`).
+        images: N images (paths, PIL, arrays, DICOM) **or** N studies (dicts / lists of views); each batch must be one
+            kind. A `torch.Tensor` of ready `pixel_values` `[N,3,H,W]` is accepted too.
+        batch_size: images or studies per forward.
+        normalize: L2-normalise the embeddings (cosine retrieval); `False` returns the raw projections.
+        dicom_rule: `"rsna"` for the reference's RSNA DICOM rule, else the processor's default.
+
+    Returns:
+        float32 `[N, P]` on the CPU.
+    """
+    model = _dual_encoder(model)
+    device = _device(model)
+    if isinstance(images, torch.Tensor):
+        batches: Iterable[dict[str, torch.Tensor]] = ({"pixel_values": b} for b in images.split(batch_size))
+    else:
+        images = list(images)
+        if not images:
+            raise ValueError("`images` is empty; nothing to embed")
+        batches = (pixel_inputs(processor, batch, dicom_rule) for batch in _batches(images, batch_size))
+    out = []
+    for inputs in batches:
+        view_mask = inputs.get("view_mask")
+        feats = model.get_image_features(
+            inputs["pixel_values"].to(device), view_mask=view_mask.to(device) if view_mask is not None else None
+        )
+        out.append(feats.float().cpu())
+    embeds = torch.cat(out)
+    return F.normalize(embeds, dim=-1) if normalize else embeds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Texts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tokenize_texts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    clean_text: bool = False,
+    truncation: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Tokenise texts padded to `max_length`, as the reference's evaluation scripts do.
+
+    Args:
+        tokenizer: the CXR-BERT tokenizer.
+        texts: N strings; with `clean_text=True` each goes through `process_text` first (a text that cleans to
+            nothing gives `[CLS] [SEP]`, as in the reference).
+        max_length: padding length.
+        truncation: cut texts longer than `max_length`; `False` keeps them whole and pads the batch to the longest
+            instead (the reference tokenises retrieval texts with `truncation=False`; masked padding does not
+            change the [CLS] output, so the embeddings are those of the reference).
+
+    Returns:
+        `input_ids`, `attention_mask`, `token_type_ids`, long `[N, L]` with `L = max_length` (or longer when
+        `truncation=False` and a text needs it).
+    """
+    from modeling_alta.processing_alta import process_text
+
+    items = [texts] if isinstance(texts, str) else list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i}: expected a string; got {type(text).__name__} ({text!r})")
+    if clean_text:
+        items = [process_text(text) for text in items]
+    length = max_length
+    if not truncation:
+        longest = max(len(ids) for ids in tokenizer(items, add_special_tokens=True)["input_ids"])
+        length = max(max_length, longest)
+    encoded = tokenizer(
+        items,
+        padding="max_length",
+        max_length=length,
+        truncation=truncation,
+        return_tensors="pt",
+        return_token_type_ids=True,
+        return_attention_mask=True,
+    )
+    return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def default_text_length(model: Any) -> int:
+    """The text length the model was trained with (`text_config.max_length`, 128 for ALTA)."""
+    return int(getattr(_dual_encoder(model).config.text_config, "max_length", 128) or 128)
+
+
+@torch.no_grad()
+def embed_texts(
+    model: Any,
+    processor: Any,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    normalize: bool = True,
+    max_length: int | None = None,
+    clean_text: bool = False,
+    truncation: bool = True,
+) -> torch.Tensor:
+    """Embed reports or prompts: projected [CLS] features.
+
+    Args:
+        texts: N strings.
+        max_length: padding length; default the model's training length (`text_config.max_length`).
+        clean_text, truncation: see `tokenize_texts`.
+        normalize: L2-normalise (reports and queries); `False` for prompt-ensemble means.
+
+    Returns:
+        float32 `[N, P]` on the CPU.
+    """
+    model = _dual_encoder(model)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    length = max_length or default_text_length(model)
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if not items:
+        raise ValueError("`texts` is empty; nothing to embed")
+    device = _device(model)
+    out = []
+    for batch in _batches(items, batch_size):
+        enc = tokenize_texts(tokenizer, batch, length, clean_text=clean_text, truncation=truncation)
+        limit = model.config.text_config.max_position_embeddings
+        if enc["input_ids"].shape[1] > limit:
+            raise ValueError(
+                f"a text in this batch has {enc['input_ids'].shape[1]} tokens, more than the model's "
+                f"{limit} positions; starts {batch[int(enc['attention_mask'].sum(1).argmax())][:60]!r}"
+            )
+        feats = model.get_text_features(**{k: v.to(device) for k, v in enc.items()})
+        out.append(feats.float().cpu())
+    embeds = torch.cat(out)
+    return F.normalize(embeds, dim=-1) if normalize else embeds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. On-disk galleries and search
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_ids(ids: Sequence[Id], count: int, what: str) -> list[Id]:
+    ids = list(ids)
+    if len(ids) != count:
+        raise ValueError(f"got {count} {what} but {len(ids)} ids")
+    return ids
+
+
+def embed_images_to_store(
+    model: Any,
+    processor: Any,
+    images: Sequence[Any],
+    ids: Sequence[Id],
+    store_dir: str | os.PathLike,
+    batch_size: int = 32,
+    shard_size: int = 65536,
+    overwrite: bool = True,
+    dicom_rule: str | None = None,
+) -> EmbeddingStore:
+    """Embed a gallery of images or studies batch by batch into an on-disk `EmbeddingStore`.
+
+    Only one batch of pixels and one shard of embeddings are in memory at a time, so galleries larger than memory
+    work. Embeddings are stored L2-normalised (float32).
+
+    Args:
+        images: N images or N studies (see `embed_images`).
+        ids: N ids (strings or ints), returned by `search`.
+        store_dir: the store folder; replaced unless `overwrite=False` (then appended to).
+
+    Returns:
+        the `EmbeddingStore`.
+    """
+    images = list(images)
+    ids = _check_ids(ids, len(images), "images")
+    with EmbeddingStoreWriter(store_dir, shard_size=shard_size, overwrite=overwrite) as writer:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            writer.add(
+                embed_images(model, processor, batch, batch_size, dicom_rule=dicom_rule),
+                ids[start : start + batch_size],
+            )
+    return EmbeddingStore(store_dir)
+
+
+def embed_reports_to_store(
+    model: Any,
+    processor: Any,
+    reports: Sequence[str],
+    ids: Sequence[Id],
+    store_dir: str | os.PathLike,
+    batch_size: int = 64,
+    shard_size: int = 65536,
+    overwrite: bool = True,
+    max_length: int | None = None,
+    clean_text: bool = False,
+    truncation: bool = True,
+) -> EmbeddingStore:
+    """Embed a gallery of reports batch by batch into an on-disk `EmbeddingStore` (see `embed_images_to_store`)."""
+    reports = list(reports)
+    ids = _check_ids(ids, len(reports), "reports")
+    with EmbeddingStoreWriter(store_dir, shard_size=shard_size, overwrite=overwrite) as writer:
+        for start in range(0, len(reports), batch_size):
+            batch = reports[start : start + batch_size]
+            emb = embed_texts(
+                model,
+                processor,
+                batch,
+                batch_size,
+                max_length=max_length,
+                clean_text=clean_text,
+                truncation=truncation,
+            )
+            writer.add(emb, ids[start : start + batch_size])
+    return EmbeddingStore(store_dir)
+
+
+def search(
+    query_embeds: Any,
+    gallery: EmbeddingStore | str | os.PathLike | torch.Tensor,
+    k: int = 10,
+    chunk_size: int = 65536,
+    gallery_ids: Sequence[Id] | None = None,
+) -> TopKResult:
+    """Exact cosine top-k of queries against a gallery, streaming an on-disk store in chunks.
+
+    Args:
+        query_embeds: `[Q, P]` (from `embed_images` / `embed_texts`).
+        gallery: an `EmbeddingStore`, its folder, or an in-memory `[G, P]` matrix (then `gallery_ids` names rows).
+        k: hits per query (at most the gallery size).
+        chunk_size: gallery rows scored at once.
+
+    Returns:
+        `TopKResult(scores [Q,k], indices [Q,k], ids)`, best first, ties broken by the lower gallery position.
+    """
+    if isinstance(gallery, str | os.PathLike):
+        gallery = EmbeddingStore(gallery)
+    return exact_topk(query_embeds, gallery, k, chunk_size=chunk_size, gallery_ids=gallery_ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Word-to-patch similarity (heatmaps)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def model_view(processor: Any, image: Any, dicom_rule: str | None = None) -> Any:
+    """The uint8 gray crop the model sees for one image (PIL "L", `crop_size` square): for drawing heatmaps, whose
+    patch grid covers this crop and not the uncropped radiograph."""
+    from PIL import Image
+
+    from modeling_alta.image_processing_alta import resize_and_crop_uint8
+
+    image_processor = getattr(processor, "image_processor", processor)
+    loaded = image_processor.load(image, dicom_rule)
+    crop = resize_and_crop_uint8(
+        loaded, image_processor.shortest_edge, image_processor.crop_size, image_processor.resample
+    )
+    return Image.fromarray(crop, "L")
+
+
+@torch.no_grad()
+def word_patch_similarity(
+    model: Any,
+    processor: Any,
+    image: Any,
+    phrase: str,
+    reduction: Literal["mean", "max"] = "mean",
+    dicom_rule: str | None = None,
+) -> np.ndarray:
+    """Similarity of a phrase to every patch of a radiograph, from the local projection heads.
+
+    Patch features are `get_image_patch_features` of the single frontal `[1, N, P]`; word features are
+    `get_text_token_features` `[1, L, P]` at the phrase's word-piece positions ([CLS], [SEP] and padding left
+    out). Both are L2-normalised. With `reduction="mean"` (default) each patch scores the cosine with the
+    normalised mean of the word features, i.e. with the phrase as a whole; with `"max"` it scores its best-matching
+    word (sharper, but one generic word can dominate). The local heads are the ones trained by ALTA's word-patch
+    loss, so this is the similarity that loss shapes (without its attention softmaxes, which would need the whole
+    text batch).
+
+    Args:
+        image: one image (path, PIL, array, DICOM).
+        phrase: e.g. "left pleural effusion" (raw; tokenised like training).
+
+    Returns:
+        float32 `[g, g]` patch grid (g = image_size / patch_size), row-major as the image.
+    """
+    if reduction not in ("mean", "max"):
+        raise ValueError(f"`reduction` must be 'mean' or 'max'; got {reduction!r}")
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ValueError(f"`phrase` must be a non-empty string; got {phrase!r}")
+    model = _dual_encoder(model)
+    device = _device(model)
+    pixels = pixel_inputs(processor, [image], dicom_rule)["pixel_values"]
+    if pixels.dim() != 4:
+        raise ValueError(f"the heatmap needs one image, not a study; got pixel_values of shape {tuple(pixels.shape)}")
+    patches = F.normalize(model.get_image_patch_features(pixels.to(device))[0].float(), dim=-1)  # [N, P]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    enc = tokenize_texts(tokenizer, [phrase], default_text_length(model))
+    tokens = model.get_text_token_features(**{k: v.to(device) for k, v in enc.items()})[0].float()  # [L, P]
+    n_tokens = int(enc["attention_mask"][0].sum())
+    if n_tokens <= 2:
+        raise ValueError(f"the phrase {phrase!r} has no word tokens after tokenisation")
+    words = F.normalize(tokens[1 : n_tokens - 1], dim=-1)  # without [CLS] and [SEP]
+    if reduction == "mean":
+        sim = patches @ F.normalize(words.mean(0), dim=-1)
+    else:
+        sim = (patches @ words.T).max(dim=1).values
+    grid = int(round(sim.shape[0] ** 0.5))
+    if grid * grid != sim.shape[0]:
+        raise ValueError(f"{sim.shape[0]} patches do not form a square grid")
+    return sim.reshape(grid, grid).cpu().numpy()
+
+
+__all__ = [
+    "default_text_length",
+    "embed_images",
+    "embed_images_to_store",
+    "embed_reports_to_store",
+    "embed_texts",
+    "is_study",
+    "load_model_and_processor",
+    "model_view",
+    "pixel_inputs",
+    "search",
+    "tokenize_texts",
+    "word_patch_similarity",
+]
