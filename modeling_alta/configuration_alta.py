@@ -342,6 +342,10 @@ class AltaTextConfig(PretrainedConfig):
             LayerNorm epsilon.
         pad_token_id (`int`, *optional*, defaults to 0):
             Id of `[PAD]`.
+        pooling (`str`, *optional*, defaults to `"cls"`):
+            Global text embedding: the `[CLS]` state (`"cls"`, as ALTA with CXR-BERT, whose `[CLS]` is trained) or the
+            mean of the non-padding token states (`"mean"`, for a text tower whose `[CLS]` never was, e.g. one
+            pre-trained by masked language modeling alone).
         max_length (`int`, *optional*, defaults to 128):
             Report length used in training and by the processor; the local loss treats a full-length report as
             `max_length - 1` words.
@@ -376,6 +380,7 @@ class AltaTextConfig(PretrainedConfig):
         type_vocab_size: int = 2,
         layer_norm_eps: float = 1e-12,
         pad_token_id: int = 0,
+        pooling: str = "cls",
         max_length: int = 128,
         adapter_config: dict | AltaAdapterConfig | str | None = "reference",
         initializer_range: float = 0.02,
@@ -393,6 +398,7 @@ class AltaTextConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.type_vocab_size = type_vocab_size
         self.layer_norm_eps = layer_norm_eps
+        self.pooling = pooling
         self.max_length = max_length
         self.adapter_config = _adapter_dict(adapter_config)
         self.initializer_range = initializer_range
@@ -400,6 +406,8 @@ class AltaTextConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         _check_heads("AltaTextConfig", self.hidden_size, self.num_attention_heads)
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"`pooling` must be 'cls' or 'mean'; got {self.pooling!r}.")
         if self.vocab_size < 5:
             raise ValueError(f"`vocab_size` must hold at least the 5 special tokens; got {self.vocab_size}.")
         if not 2 <= self.max_length <= self.max_position_embeddings:

@@ -892,7 +892,19 @@ class AltaTextTransformer(nn.Module):
         if attention_mask is not None:
             attn_mask = attention_mask[:, None, None, :].to(torch.bool)
         hidden, states = self.encoder(hidden, attn_mask, output_hidden_states)
-        return AltaTextModelOutput(last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=states)
+        return AltaTextModelOutput(
+            last_hidden_state=hidden, pooler_output=self.pool(hidden, attention_mask), hidden_states=states
+        )
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Global text state `[B, D]` from token states `[B, L, D]`: `[CLS]`, or the mean over non-padding tokens
+        (`config.pooling`)."""
+        if getattr(self.config, "pooling", "cls") == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        weights = attention_mask.to(hidden.dtype)[..., None]
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1492,7 +1504,8 @@ class AltaForPreTraining(AltaPreTrainedModel):
             text_ids, text_mask, text_types, cond = input_ids, attention_mask, token_type_ids, None
         hidden = self.alta.text_model(text_ids, text_mask, text_types, conditioning=cond).last_hidden_state
         report_hidden = hidden[:batch]
-        text_embeds = F.normalize(self.alta.text_projection(report_hidden[:, 0]), dim=-1)
+        pooled_text = self.alta.text_model.pool(report_hidden, attention_mask)
+        text_embeds = F.normalize(self.alta.text_projection(pooled_text), dim=-1)
         text_local = self.alta.text_local_projection(report_hidden[:, 1:])
         image_local = self.alta.vision_local_projection(vision_out.patch_embeds)
         cap_lens = text_cap_lens(attention_mask)

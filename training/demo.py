@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pretrain_steps", type=int, default=300)
     parser.add_argument("--align_steps", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--backbone_mode",
+        choices=("mae", "full"),
+        default="mae",
+        help="backbone stage: masked image + report modeling with adapters off (the MRM stage), or all four losses",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_baselines", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few steps on a few studies (smoke test)")
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--report_to", "none",
         "--logging_steps", "25",
         "--warmup_steps", "20" if not args.quick else "1",
-        "--learning_rate", "1e-3",
+        "--learning_rate", str(args.learning_rate),
         "--checkpoints_total_limit", "1",
         "--dataloader_num_workers", "1",
         "--cpu",
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "backbone",
         out,
         common,
-        ["--preset", "alta-demo", "--config_overrides", sizes, "--adapter", "mae",
+        ["--preset", "alta-demo", "--config_overrides", sizes, "--adapter", args.backbone_mode,
          "--max_steps", str(args.pretrain_steps), "--schedule_steps", str(args.pretrain_steps)],
     )  # fmt: skip
     # 4. ALTA: adapters on the frozen backbone

@@ -374,3 +374,17 @@ def test_helpers() -> None:
     assert text_cap_lens(mask).tolist() == [2, 4]
     adapter = AltaBottleneckAdapter(8, AltaAdapterConfig(), skip=True)
     assert adapter.down_proj.out_features == 2
+
+
+def test_mean_text_pooling(tester: AltaModelTester) -> None:
+    config = tester.get_config()
+    config.text_config.pooling = "mean"
+    model = AltaModel(config).eval()
+    text = tester.text_inputs()
+    with torch.no_grad():
+        hidden = model.text_model(**text).last_hidden_state
+        mask = text["attention_mask"][..., None].float()
+        expected = model.text_projection((hidden * mask).sum(1) / mask.sum(1))
+        torch.testing.assert_close(model.get_text_features(**text), expected)
+    with pytest.raises(ValueError, match=r"`pooling` must be 'cls' or 'mean'; got 'max'"):
+        AltaConfig(text_config={"pooling": "max"})

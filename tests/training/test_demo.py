@@ -1,0 +1,26 @@
+"""The README's main job in its `--quick` form: every stage runs and the results file has the promised keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.demo import main
+
+
+def test_demo_quick_writes_eval_results(tmp_path: Path) -> None:
+    summary = main(["--quick", "--output_dir", str(tmp_path / "demo")])
+    results = json.loads((tmp_path / "demo" / "eval_results.json").read_text())
+    for key in ("zero_shot_accuracy", "i2t_p@5", "t2i_p@5", "trainable_parameters", "total_parameters",
+                "train_seconds", "model_dir"):  # fmt: skip
+        assert key in results, key
+    assert set(results["runs"]) == {"aligned", "baseline_random_backbone", "baseline_frontal_only"}
+    assert 0.0 <= results["zero_shot_accuracy"] <= 1.0
+    assert results["chance_zero_shot_accuracy"] == 1 / 6
+    assert 0 < results["trainable_parameters"] < results["total_parameters"]
+    assert Path(results["model_dir"], "model.safetensors").is_file()
+    scores = results["pipeline_example"]["scores"]
+    assert len(scores) == 6 and abs(sum(s["score"] for s in scores) - 1.0) < 1e-4
+    pngs = list((tmp_path / "demo" / "eval").rglob("*.png"))
+    assert len(pngs) >= 3
+    assert summary["model_dir"] == results["model_dir"]
