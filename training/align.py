@@ -641,28 +641,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def validate(model, processor, data_args: DataArguments, accelerator, step: int) -> dict[str, float]:
-    """Zero-shot accuracy on a labelled validation split: class names as prompts, one frontal per study."""
+    """Zero-shot accuracy on a labelled validation split (`label` column): the class names are the prompts, and
+    whole studies are scored through the multiview path."""
     from processing.datasets import load_study_dataset
+    from training.zero_shot import ZeroShotClassifier
 
     dataset = load_study_dataset(data_args.validation_path, split=data_args.validation_split)
     if "label" not in dataset.column_names:
         raise ValueError(f"{data_args.validation_path}: validation needs a 'label' column; has {dataset.column_names}")
     labels = sorted(set(dataset["label"]))
     model.eval()
-    device = accelerator.device
+    classifier = ZeroShotClassifier(model, processor, {label: [label.lower()] for label in labels})
+    views = ("frontal", "lateral", "prior_frontal", "prior_lateral")
+    studies = [{v: row[v] for v in views} for row in dataset]
     with torch.no_grad():
-        text = processor(text=[label.lower() for label in labels], return_tensors="pt")
-        classes = torch.nn.functional.normalize(
-            model.alta.get_text_features(text["input_ids"].to(device), text["attention_mask"].to(device)), dim=-1
-        )
-        correct = 0
-        for start in range(0, len(dataset), 32):
-            rows = dataset[start : start + 32]
-            pixels = processor.image_processor(rows["frontal"], return_tensors="pt")["pixel_values"].to(device)
-            images = torch.nn.functional.normalize(model.alta.get_image_features(pixels), dim=-1)
-            predicted = (images @ classes.t()).argmax(-1).tolist()
-            correct += sum(labels[p] == y for p, y in zip(predicted, rows["label"]))
-    accuracy = correct / max(len(dataset), 1)
+        predicted = classifier.predict(studies).labels
+    accuracy = sum(p == y for p, y in zip(predicted, dataset["label"])) / max(len(dataset), 1)
     accelerator.log({"val/zero_shot_accuracy": accuracy}, step=step)
     logger.info("step %d: zero-shot validation accuracy %.4f", step, accuracy)
     return {"val_zero_shot_accuracy": accuracy}

@@ -261,3 +261,19 @@ def test_mae_mode_trains_the_backbone_with_adapters_off(tmp_path: Path, parity_d
     weights = load_file(str(Path(result["model_dir"]) / "model.safetensors"))
     ups = [v for k, v in weights.items() if k.endswith("up_proj.weight")]
     assert ups and all(torch.count_nonzero(v) == 0 for v in ups)  # adapters untouched: still identity
+
+
+def test_periodic_zero_shot_validation(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    from processing.datasets import dataset_from_rows, save_study_dataset
+
+    from .synthetic import write_studies
+
+    rows = write_studies(tmp_path / "val_images", n=6, seed=1)
+    for i, row in enumerate(rows):
+        row["label"] = ["effusion", "cardiomegaly", "edema"][i % 3]
+    val = save_study_dataset(dataset_from_rows(rows, extra_columns=("label",)), tmp_path / "val")
+    result = main(
+        _argv(parity_dir, dataset, tmp_path / "run", "--max_steps", "2", "--eval_steps", "1", "--validation_path",
+              str(val), "--validation_split", "train")
+    )  # fmt: skip
+    assert 0.0 <= result["val_zero_shot_accuracy"] <= 1.0
