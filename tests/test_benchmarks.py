@@ -39,3 +39,17 @@ def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest
     assert done.returncode == 0, done.stderr[-3000:]
     for marker in CASES[script]:
         assert marker in done.stdout, f"{marker!r} missing from the output of {script}:\n{done.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    ("script", "marker"),
+    [("bench_preprocess.py", "images/s"), ("bench_align.py", "| 2 processes (gloo) |")],
+)
+def test_quick_run_of_data_and_training_benchmarks(script: str, marker: str, real_cxr_dir: Path) -> None:
+    command = [sys.executable, str(BENCHMARKS / script), "--quick"]
+    if script == "bench_preprocess.py":
+        command += ["--images", str(real_cxr_dir / "nih")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS.parent)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker in done.stdout, done.stdout[-2000:]
