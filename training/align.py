@@ -208,21 +208,22 @@ def apply_training_mode(model, model_args: ModelArguments) -> tuple[Any, dict[st
         from training.peft_utils import apply_adapter_method
 
         return apply_adapter_method(model, "full"), model.num_trainable_parameters()
-    if method == "mae":
+    if method in ("mae", "backbone"):
         model.set_adapters_enabled(False)
         unused = set()
         for module in model.alta_adapters():
             unused.update(id(p) for p in module.parameters())
         alta = model.alta
-        for head in (
-            alta.vision_projection,
-            alta.vision_local_projection,
-            alta.text_projection,
-            alta.text_local_projection,
-        ):
-            unused.update(id(p) for p in head.parameters())
-        for name in ("logit_scale", "logit_scale_local1", "logit_scale_local2", "logit_scale_local3"):
-            unused.add(id(getattr(alta, name)))
+        if method == "mae":  # no contrastive loss: the heads and temperatures would get no gradient
+            for head in (
+                alta.vision_projection,
+                alta.vision_local_projection,
+                alta.text_projection,
+                alta.text_local_projection,
+            ):
+                unused.update(id(p) for p in head.parameters())
+            for name in ("logit_scale", "logit_scale_local1", "logit_scale_local2", "logit_scale_local3"):
+                unused.add(id(getattr(alta, name)))
         frozen_buffers = {
             id(model.alta.vision_model.embeddings.position_embedding),
             id(model.alta.vision_model.embeddings.missing_token),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-ADAPTER_METHODS = ("alta", "lora", "ia3", "full", "mae")
+ADAPTER_METHODS = ("alta", "lora", "ia3", "full", "mae", "backbone")
 
 
 @dataclass
@@ -35,7 +35,8 @@ class ModelArguments:
         metadata={
             "help": "What trains: 'alta' (the reference adapter set), 'lora' or 'ia3' (PEFT on the frozen model), "
             "'full' (everything), 'mae' (masked image + report modeling with adapters off and the backbone "
-            "trainable, to build a backbone first)."
+            "trainable, to build a backbone first), 'backbone' (the same with the contrastive losses too, for a text "
+            "tower whose [CLS] must be trained, as CXR-BERT-specialized's was)."
         },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--adapter lora)."})

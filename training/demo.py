@@ -69,16 +69,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--num_studies", type=int, default=1200)
-    parser.add_argument("--image_size", type=int, default=128, help="side of the generated radiographs")
+    parser.add_argument("--image_size", type=int, default=256, help="side of the generated radiographs")
     parser.add_argument("--pretrain_steps", type=int, default=300)
     parser.add_argument("--align_steps", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument(
         "--backbone_mode",
-        choices=("mae", "full"),
-        default="mae",
-        help="backbone stage: masked image + report modeling with adapters off (the MRM stage), or all four losses",
+        choices=("mae", "backbone"),
+        default="backbone",
+        help="backbone stage, adapters off: masked image + report modeling only ('mae', the MRM stage), or with the "
+        "contrastive losses too ('backbone', default: the demo's text tower needs a trained [CLS], as CXR-BERT has)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_baselines", action="store_true")

@@ -277,3 +277,10 @@ def test_periodic_zero_shot_validation(tmp_path: Path, parity_dir: Path, dataset
               str(val), "--validation_split", "train")
     )  # fmt: skip
     assert 0.0 <= result["val_zero_shot_accuracy"] <= 1.0
+
+
+def test_backbone_mode_trains_everything_but_the_adapters(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    result = main(_argv(parity_dir, dataset, tmp_path / "bb", "--max_steps", "2", "--adapter", "backbone"))
+    assert {"contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"} <= set(result["final_losses"])
+    weights = load_file(str(Path(result["model_dir"]) / "model.safetensors"))
+    assert all(torch.count_nonzero(v) == 0 for k, v in weights.items() if k.endswith("up_proj.weight"))
