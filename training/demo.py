@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--num_studies", type=int, default=1200)
     parser.add_argument("--image_size", type=int, default=256, help="side of the generated radiographs")
-    parser.add_argument("--pretrain_steps", type=int, default=300)
-    parser.add_argument("--align_steps", type=int, default=300)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--pretrain_steps", type=int, default=250)
+    parser.add_argument("--align_steps", type=int, default=150)
+    parser.add_argument("--batch_size", type=int, default=24)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument(
         "--backbone_mode",
         choices=("mae", "backbone"),
