@@ -589,19 +589,10 @@ def evaluate_chexpert_8x200_text_to_image(
         model, processor, texts, batch_size, max_length=CHEXPERT_8X200_QUERY_LENGTH, truncation=False
     )
     image_embeds = embed_images(model, processor, paths, batch_size)
-    metrics, top = precision_at_k_metric(text_embeds, image_embeds, query_labels, labels, ks)
-    figures = _Figures(out, task, plots)
-    figures.retrieval(
-        processor, texts, paths, query_labels, labels, top, _names_8x200(), "CheXpert 8x200 text-to-image"
-    )
-    result = {"task": task, **metrics, "num_queries": len(texts), "num_candidates": len(paths)}
-    result["model"] = _model_name(model)
-    if save_embeddings:
-        result["embeddings_file"] = _save_embeddings(
-            out, task, {"query_embeds": text_embeds, "candidate_embeds": image_embeds}
-        )
-    result["figures"] = figures.written
-    return _finish(result, out, task)
+    return _finish_8x200(
+        task, model, processor, out, (texts, query_labels, text_embeds), (paths, labels, image_embeds), ks,
+        "CheXpert 8x200 text-to-image", plots, save_embeddings,
+    )  # fmt: skip
 
 
 def evaluate_chexpert_8x200_image_to_image(
@@ -624,12 +615,33 @@ def evaluate_chexpert_8x200_image_to_image(
     ks = _usable_ks(ks, len(paths), task)
     query_embeds = embed_images(model, processor, query_paths, batch_size)
     image_embeds = embed_images(model, processor, paths, batch_size)
+    return _finish_8x200(
+        task, model, processor, out, (query_paths, query_labels, query_embeds), (paths, labels, image_embeds), ks,
+        "CheXpert 8x200 image-to-image", plots, save_embeddings,
+    )  # fmt: skip
+
+
+def _finish_8x200(
+    task: str,
+    model: Any,
+    processor: Any,
+    out: Path,
+    queries: tuple[list, list, torch.Tensor],
+    candidates: tuple[list, list, torch.Tensor],
+    ks: Sequence[int],
+    title: str,
+    plots: bool,
+    save_embeddings: bool,
+) -> dict[str, Any]:
+    """P@K, the retrieval sheet, the optional embeddings file and the results JSON of an 8x200 retrieval task.
+
+    `queries` / `candidates` are `(items, labels, embeddings [N, P])`."""
+    query_items, query_labels, query_embeds = queries
+    paths, labels, image_embeds = candidates
     metrics, top = precision_at_k_metric(query_embeds, image_embeds, query_labels, labels, ks)
     figures = _Figures(out, task, plots)
-    figures.retrieval(
-        processor, query_paths, paths, query_labels, labels, top, _names_8x200(), "CheXpert 8x200 image-to-image"
-    )
-    result = {"task": task, **metrics, "num_queries": len(query_paths), "num_candidates": len(paths)}
+    figures.retrieval(processor, query_items, paths, query_labels, labels, top, _names_8x200(), title)
+    result = {"task": task, **metrics, "num_queries": len(query_items), "num_candidates": len(paths)}
     result["model"] = _model_name(model)
     if save_embeddings:
         result["embeddings_file"] = _save_embeddings(
