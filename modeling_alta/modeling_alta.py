@@ -1485,9 +1485,7 @@ class AltaForPreTraining(AltaPreTrainedModel):
         pixel_values, view_mask = self._prepare_study(pixel_values, reconstruction_pixel_values, view_mask)
         batch = pixel_values.shape[0]
         ratio = vision.mask_ratio if mask_ratio is None else mask_ratio
-        vision_out = self.alta.vision_model(
-            pixel_values, view_mask=view_mask, mask_ratio=ratio, mask_noise=mask_noise, study_pooling="all"
-        )
+        vision_out = self.alta.vision_model(pixel_values, view_mask=view_mask, mask_ratio=ratio, mask_noise=mask_noise)
         pooled = vision_out.pooler_output
         image_embeds = F.normalize(self.alta.vision_projection(pooled), dim=-1)
 

@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "contrastive losses too ('backbone', default: the demo's text tower needs a trained [CLS], as CXR-BERT has)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--study_pooling",
+        choices=("all", "present"),
+        default="all",
+        help="how a study's slot embeddings are pooled: all four slots as ALTA trains, or the present views only",
+    )
     parser.add_argument("--prior_rate", type=float, default=0.5, help="share of studies with a prior")
     parser.add_argument("--lateral_missing_rate", type=float, default=0.25, help="share of studies without lateral")
     parser.add_argument("--no_baselines", action="store_true")
@@ -130,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts = [r for split in data.values() for r in split["report"]] + [p for ps in prompts.values() for p in ps]
     tokenizer_dir = build_vocabulary(texts, out / "tokenizer")
     vocab_size = len((tokenizer_dir / "vocab.txt").read_text().split("\n")) - 1
-    sizes = json.dumps({"text_config": {"vocab_size": vocab_size}})
+    sizes = json.dumps(
+        {"text_config": {"vocab_size": vocab_size}, "vision_config": {"study_pooling": args.study_pooling}}
+    )
     common = [
         "--tokenizer_name_or_path", str(tokenizer_dir),
         "--dataset_path", str(out / "data"),

@@ -388,3 +388,16 @@ def test_mean_text_pooling(tester: AltaModelTester) -> None:
         torch.testing.assert_close(model.get_text_features(**text), expected)
     with pytest.raises(ValueError, match=r"`pooling` must be 'cls' or 'mean'; got 'max'"):
         AltaConfig(text_config={"pooling": "max"})
+
+
+def test_pretraining_honours_study_pooling(tester: AltaModelTester) -> None:
+    config = tester.get_config()
+    config.vision_config.study_pooling = "present"
+    model = AltaForPreTraining(config).eval()
+    inputs = tester.pretraining_inputs()
+    with torch.no_grad():
+        out = model(**inputs, mask_noise=torch.rand(2, 4, 16))
+        present = inputs["view_mask"].float()[..., None]
+        pooled = (out.slot_embeds * present).sum(1) / present.sum(1)
+        expected = F.normalize(model.alta.vision_projection(pooled), dim=-1)
+    torch.testing.assert_close(out.image_embeds, expected)
