@@ -131,7 +131,14 @@ class FakeHub:
 
     def env(self, token: str = "hf_fake_token") -> dict[str, str]:
         """Environment for a child process that should talk to this server instead of huggingface.co."""
-        return {"HF_ENDPOINT": self.url, "HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+        return {
+            "HF_ENDPOINT": self.url,
+            "HF_TOKEN": token,
+            "HF_HUB_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "0",
+            # A cache of its own: downloads from one test's server never meet another test's repos of the same name.
+            "HF_HUB_CACHE": str(self.root / "client-cache"),
+        }
 
     # ----------------------------------------------------------------------------------------------------------
     # Inspection (for tests)

@@ -140,9 +140,10 @@ from tests.hub.alta_classes import AltaForPreTraining, features
 expected = torch.load("expected.pt")
 model = AltaForPreTraining.from_pretrained("fake-user/alta-tiny-base").eval()
 model.load_alta_adapter("fake-user/alta-tiny-adapter", adapter_name="hub")
-print("EXPLICIT", torch.equal(features(model), expected), model.list_alta_adapters())
+close = lambda a: (a - expected).abs().max().item() <= 1e-6  # noqa: E731 - another process, same math
+print("EXPLICIT", close(features(model)), model.list_alta_adapters(), (features(model) - expected).abs().max().item())
 auto = AltaForPreTraining.from_pretrained("fake-user/alta-tiny-adapter").eval()  # base named in the adapter config
-print("AUTO", torch.equal(features(auto), expected))
+print("AUTO", close(features(auto)), (features(auto) - expected).abs().max().item())
 """,
         env=hub.env(),
         cwd=tmp_path,

@@ -128,6 +128,8 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
             Path(out_dir) / f"rank{rank}.pt",
         )
     finally:
+        # An orderly shutdown: a rank that tears gloo down while its peer is still in a collective gets SIGABRT.
+        dist.barrier()
         dist.destroy_process_group()
 
 
