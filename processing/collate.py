@@ -107,11 +107,13 @@ class AltaPretrainingCollator:
         self.epoch = int(epoch)
         self.num_calls = 0
 
-    def _streams(self) -> tuple[np.random.Generator, random.Random, torch.Generator]:
-        worker = torch.utils.data.get_worker_info()
-        worker_id = worker.id if worker is not None else 0
-        sequence = np.random.SeedSequence([self.seed, self.epoch, worker_id, self.num_calls])
-        self.num_calls += 1
+    def _streams(self, key: Sequence[int] | None = None) -> tuple[np.random.Generator, random.Random, torch.Generator]:
+        if key is None:
+            worker = torch.utils.data.get_worker_info()
+            worker_id = worker.id if worker is not None else 0
+            key = [self.seed, self.epoch, worker_id, self.num_calls]
+            self.num_calls += 1
+        sequence = np.random.SeedSequence(list(key))
         image_seed, text_seed, mask_seed = (int(s) for s in sequence.generate_state(3, dtype=np.uint32))
         return np.random.default_rng(image_seed), random.Random(text_seed), torch.Generator().manual_seed(mask_seed)
 
@@ -125,8 +127,19 @@ class AltaPretrainingCollator:
             return "marked unreadable"
         return None
 
+    def collate_keyed(self, samples: Sequence[Any], key: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Like calling the collator, with every random draw taken from `SeedSequence(key)` alone (no worker id, no
+        call count): with `key = [seed, epoch, study index]` a study gets the same augmentation, shuffle and MLM
+        masking whichever process or DataLoader worker collates it."""
+        return self._collate(samples, self._streams(key))
+
     def __call__(self, samples: Sequence[Any]) -> dict[str, torch.Tensor]:
-        image_rng, text_rng, mask_generator = self._streams()
+        return self._collate(samples, self._streams())
+
+    def _collate(
+        self, samples: Sequence[Any], streams: tuple[np.random.Generator, random.Random, torch.Generator]
+    ) -> dict[str, torch.Tensor]:
+        image_rng, text_rng, mask_generator = streams
         processor = self.processor
         studies, reports = [], []
         dropped: list[str] = []

@@ -332,10 +332,8 @@ class AlignCollator:
                 skipped.append(f"study index {sample['index']}: {sample.get('error')}")
                 continue
             key = [self.seed, self.epoch, sample["index"]]
-            self.collator.seed = int(np.random.SeedSequence(key).generate_state(1)[0])
-            self.collator.epoch, self.collator.num_calls = 0, 0
             try:
-                parts.append(self.collator([sample]))
+                parts.append(self.collator.collate_keyed([sample], key))
             except ValueError as err:  # the collator dropped it (unreadable) or found it unusable
                 skipped.append(f"study index {sample['index']}: {err}")
                 continue

@@ -284,3 +284,21 @@ def test_backbone_mode_trains_everything_but_the_adapters(tmp_path: Path, parity
     assert {"contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"} <= set(result["final_losses"])
     weights = load_file(str(Path(result["model_dir"]) / "model.safetensors"))
     assert all(torch.count_nonzero(v) == 0 for k, v in weights.items() if k.endswith("up_proj.weight"))
+
+
+def test_study_randomness_does_not_depend_on_the_dataloader_worker(parity_dir: Path, dataset: Path) -> None:
+    from processing.collate import AltaPretrainingCollator
+    from processing.datasets import load_study_dataset
+    from training.align import AlignCollator, IndexedStudies, _load_processor
+
+    config = load_preset("alta-tiny", **json.loads(SMALL))
+    processor = _load_processor(str(parity_dir / "BiomedVLP-CXR-BERT-specialized"), AltaForPreTraining(config))
+    studies = IndexedStudies(load_study_dataset(dataset))
+    collate = AlignCollator(AltaPretrainingCollator(processor), seed=3, num_patches=4, num_slots=4)
+    in_main = collate([studies[5], studies[2]])
+    loader = torch.utils.data.DataLoader(
+        studies, batch_size=2, collate_fn=collate, num_workers=2, sampler=[7, 1, 5, 2]
+    )
+    in_workers = list(loader)[1]  # the second batch is collated by worker 1
+    for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
+        torch.testing.assert_close(in_workers[key], in_main[key], atol=0, rtol=0, msg=key)
