@@ -34,6 +34,7 @@ TRAINABLE_GROUPS = (
     "mlm_head",
 )
 STUDY_POOLING_MODES = ("all", "present")
+FRAME_POOLING_MODES = ("cls", "mean")
 
 
 @dataclass
@@ -183,6 +184,11 @@ class AltaVisionConfig(PretrainedConfig):
         num_times (`int`, *optional*, defaults to 2):
             Time points (current, prior). Slots are ordered view-fastest: current frontal, current lateral,
             prior frontal, prior lateral.
+        pooling (`str`, *optional*, defaults to `"cls"`):
+            How one frame becomes one embedding: its `"cls"` token (the reference, and what MRM/ALTA weights are
+            trained with) or the `"mean"` of its patch tokens (MAE's `global_pool`; a short masked-image
+            pre-training leaves the CLS token nearly untrained, so small backbones built from scratch align faster
+            from the patch mean).
         study_pooling (`str`, *optional*, defaults to `"all"`):
             How a study's slot CLS tokens become one embedding: `"all"` averages every slot, missing views
             included (what ALTA is trained with); `"present"` averages the present slots only.
@@ -235,6 +241,7 @@ class AltaVisionConfig(PretrainedConfig):
         num_views: int = 2,
         num_times: int = 2,
         study_pooling: str = "all",
+        pooling: str = "cls",
         mask_ratio: float = 0.75,
         decoder_hidden_size: int = 768,
         decoder_num_hidden_layers: int = 4,
@@ -262,6 +269,7 @@ class AltaVisionConfig(PretrainedConfig):
         self.num_views = num_views
         self.num_times = num_times
         self.study_pooling = study_pooling
+        self.pooling = pooling
         self.mask_ratio = mask_ratio
         self.decoder_hidden_size = decoder_hidden_size
         self.decoder_num_hidden_layers = decoder_num_hidden_layers
@@ -297,6 +305,8 @@ class AltaVisionConfig(PretrainedConfig):
             )
         if self.study_pooling not in STUDY_POOLING_MODES:
             raise ValueError(f"`study_pooling` must be one of {STUDY_POOLING_MODES}; got {self.study_pooling!r}.")
+        if self.pooling not in FRAME_POOLING_MODES:
+            raise ValueError(f"`pooling` must be one of {FRAME_POOLING_MODES}; got {self.pooling!r}.")
         if self.num_views < 1 or self.num_times < 1:
             raise ValueError(f"`num_views` and `num_times` must be >= 1; got {self.num_views}, {self.num_times}.")
 

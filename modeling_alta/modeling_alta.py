@@ -274,8 +274,9 @@ class AltaVisionModelOutput(ModelOutput):
     Args:
         last_hidden_state (`[B, 1+N, D]` for single images, `[B, V, 1+n, D]` for studies): final-LN tokens (`n` kept
             patches per frame when masking).
-        pooler_output (`[B, D]`): the CLS token (single images) or the study's pooled slot CLS tokens.
-        slot_embeds (`[B, V, D]`): CLS token of every slot.
+        pooler_output (`[B, D]`): the frame embedding (single images) or the study's pooled slot embeddings; a
+            frame embedding is its CLS token or, with `config.pooling="mean"`, the mean of its patch tokens.
+        slot_embeds (`[B, V, D]`): frame embedding of every slot (see `pooler_output`).
         patch_embeds (`[B, V*n, D]` or `[B, N, D]`): patch tokens of every slot, in slot order.
         view_mask (`[B, V]`): which slots held a view.
         mask (`[B, N]`), ids_restore (`[B, N]`): masking of the current frontal (slot 0) when masking was applied.
@@ -643,6 +644,12 @@ class AltaVisionTransformer(nn.Module):
         hidden, states = _run_layers(self, self.layers, tokens, keep_states=output_hidden_states)
         return self.norm(hidden), states
 
+    def frame_embedding(self, hidden: torch.Tensor) -> torch.Tensor:
+        """One embedding per frame from its encoded tokens `[..., 1+N, D]` -> `[..., D]` (`config.pooling`)."""
+        if getattr(self.config, "pooling", "cls") == "mean":
+            return hidden[..., 1:, :].mean(dim=-2)
+        return hidden[..., 0, :]
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -668,8 +675,8 @@ class AltaVisionTransformer(nn.Module):
             hidden, states = self._encode(tokens, output_hidden_states)
             return AltaVisionModelOutput(
                 last_hidden_state=hidden,
-                pooler_output=hidden[:, 0],
-                slot_embeds=hidden[:, :1],
+                pooler_output=self.frame_embedding(hidden),
+                slot_embeds=self.frame_embedding(hidden)[:, None],
                 patch_embeds=hidden[:, 1:],
                 view_mask=torch.ones(batch, 1, dtype=torch.bool, device=hidden.device),
                 mask=mask,
@@ -706,7 +713,7 @@ class AltaVisionTransformer(nn.Module):
         tokens, mask, ids_restore = self.embeddings(frames, slots, ~view_mask.reshape(-1), mask_ratio, noise)
         hidden, states = self._encode(tokens, output_hidden_states)
         hidden = hidden.reshape(batch, views, *hidden.shape[1:])
-        slot_embeds = hidden[:, :, 0]
+        slot_embeds = self.frame_embedding(hidden)
         if pooling == "all":
             pooled = slot_embeds.mean(dim=1)
         else:

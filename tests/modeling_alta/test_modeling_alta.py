@@ -390,6 +390,22 @@ def test_mean_text_pooling(tester: AltaModelTester) -> None:
         AltaConfig(text_config={"pooling": "max"})
 
 
+def test_mean_frame_pooling(tester: AltaModelTester) -> None:
+    config = tester.get_config()
+    config.vision_config.pooling = "mean"
+    model = AltaModel(config).eval()
+    image = torch.randn(2, 3, 32, 32)
+    study = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        single = model.vision_model(image)
+        studies = model.vision_model(study, view_mask=torch.ones(2, 4, dtype=torch.bool))
+    torch.testing.assert_close(single.pooler_output, single.last_hidden_state[:, 1:].mean(1))
+    torch.testing.assert_close(studies.slot_embeds, studies.last_hidden_state[:, :, 1:].mean(2))
+    torch.testing.assert_close(studies.pooler_output, studies.slot_embeds.mean(1))
+    with pytest.raises(ValueError, match=r"`pooling` must be one of \('cls', 'mean'\); got 'max'"):
+        AltaConfig(vision_config={"pooling": "max"})
+
+
 def test_pretraining_honours_study_pooling(tester: AltaModelTester) -> None:
     config = tester.get_config()
     config.vision_config.study_pooling = "present"
