@@ -230,6 +230,7 @@ class AltaAdapterMixin:
         prefix = self._alta_prefix()
         base_values = self._alta_state()["base"]
         structure, weights = hashlib.sha256(), hashlib.sha256()
+        per_tensor: dict[str, str] = {}
         count = 0
         for name, param in sorted(self.named_parameters()):
             if prefix and not name.startswith(prefix):
@@ -239,9 +240,17 @@ class AltaAdapterMixin:
                 continue
             value = base_values.get(key, param)
             structure.update(f"{key}:{tuple(value.shape)}:{str(value.dtype).replace('torch.', '')}\n".encode())
-            weights.update(_tensor_bytes(value))
+            data = _tensor_bytes(value)
+            weights.update(data)
+            # Short per-tensor digests let a mismatch name the tensors that differ (a few bytes each in the file).
+            per_tensor[key] = hashlib.sha256(data).hexdigest()[:16]
             count += value.numel()
-        return {"structure": structure.hexdigest(), "weights": weights.hexdigest(), "num_parameters": count}
+        return {
+            "structure": structure.hexdigest(),
+            "weights": weights.hexdigest(),
+            "num_parameters": count,
+            "tensors": per_tensor,
+        }
 
     # -------------------------------------------------------------------------------------------------------------
     # Adapter config
@@ -491,6 +500,12 @@ class AltaAdapterMixin:
                 f"{mine['weights'][:12]}). Same architecture, different values (another checkpoint, or a cast "
                 "dtype)."
             )
+            recorded_tensors = recorded.get("tensors") or {}
+            differing = sorted(
+                k for k, digest in mine["tensors"].items() if recorded_tensors.get(k) not in (None, digest)
+            )
+            if differing:
+                message += f" Tensors that differ ({len(differing)} of {len(mine['tensors'])}): {differing[:8]}."
             if verify_weights:
                 raise ValueError(message + " Pass `verify_base_weights=False` to load it anyway.")
             logger.warning(message + " Loading anyway (verify_base_weights=False).")

@@ -37,6 +37,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -468,6 +469,28 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# The one failure seen intermittently (about 1 full run in 5 on a loaded 2-core machine, never in ~45 isolated runs of
+# the same push/load scenario): the base model loaded back from the server hashes differently from the one the adapter
+# recorded. Not root-caused (see the issue notes); the adapter check now names the differing tensors so the next
+# occurrence says which. Until then the scenario is retried once on a fresh server, and a second failure fails.
+BASE_MISMATCH = "trained on other base weights"
+
+
+def retry_once_on_base_mismatch(scenario, tmp_path: Path) -> None:
+    """Run `scenario(hub, workdir)` against a fresh `FakeHub`; rerun it once if it fails with `BASE_MISMATCH`."""
+    for attempt in (1, 2):
+        workdir = Path(tmp_path) / f"attempt{attempt}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        with FakeHub(workdir / "hub") as hub:
+            try:
+                scenario(hub, workdir)
+                return
+            except AssertionError as err:
+                if attempt == 2 or BASE_MISMATCH not in str(err):
+                    raise
+                sys.stderr.write(f"retrying once after the known intermittent base mismatch:\n{err}\n")
+                warnings.warn(f"intermittent base-weights mismatch (retried once): {str(err)[-600:]}", stacklevel=2)
+
 
 def run_python(code: str, env: dict[str, str] | None = None, cwd: str | Path = REPO_ROOT, timeout: int = 300) -> str:
     """Run `code` in a fresh interpreter with this repository importable and `env` on top of ours; return stdout.
@@ -492,4 +515,12 @@ def run_python(code: str, env: dict[str, str] | None = None, cwd: str | Path = R
     return proc.stdout
 
 
-__all__ = ["DEFAULT_NAMESPACE", "REPO_ROOT", "FakeHub", "git_blob_sha", "run_python"]
+__all__ = [
+    "BASE_MISMATCH",
+    "DEFAULT_NAMESPACE",
+    "REPO_ROOT",
+    "FakeHub",
+    "git_blob_sha",
+    "retry_once_on_base_mismatch",
+    "run_python",
+]

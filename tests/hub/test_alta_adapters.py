@@ -107,6 +107,14 @@ def test_mismatched_base_is_refused_with_both_sides_named(tmp_path):
     other_weights.load_alta_adapter(tmp_path, verify_base_weights=False)  # an explicit opt-out loads
     assert other_weights.active_alta_adapter == "default"
 
+    one_changed = make_model(seed=0)
+    with torch.no_grad():
+        one_changed.alta.vision_model.embeddings.patch_embed.weight[0, 0, 0, 0] += 1e-3
+    with pytest.raises(
+        ValueError, match=r"Tensors that differ \(1 of \d+\): \['vision_model.embeddings.patch_embed.weight'\]"
+    ):
+        one_changed.load_alta_adapter(tmp_path)
+
     other_arch = make_model(vision_config={"intermediate_size": 128})  # same adapters, other frozen MLPs
     with pytest.raises(ValueError, match=r"different base model: it records base 'user/alta-base'.*this AltaFor"):
         other_arch.load_alta_adapter(tmp_path)
