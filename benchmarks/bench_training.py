@@ -15,6 +15,7 @@ A step is `AltaForPreTraining` at the `alta-base` size with random weights and t
     python benchmarks/bench_training.py                    # base size, batch 8 (a few minutes on a 2-core CPU)
     python benchmarks/bench_training.py --batch-size 4     # lighter
     python benchmarks/bench_training.py --quick            # tiny config, seconds (CI)
+    python benchmarks/bench_training.py --preset alta-demo --batch-size 24 --text-length 80   # the demo's step
 """
 
 from __future__ import annotations
@@ -229,6 +230,11 @@ def local_loss_loop(image_local, text_local, cap_lens, s1, s2, s3) -> torch.Tens
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="a configuration/presets name instead of alta-base (e.g. alta-demo, the demo's size)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="studies per step (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up (default: 2, best)")
     parser.add_argument("--text-length", type=int, default=128)
@@ -240,14 +246,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.quick:
         args.batch_size, args.steps, args.local_batch_sizes, args.text_length = 2, 1, [2, 4], 32
 
-    config = base_config(args.quick)
+    if args.preset and not args.quick:
+        from configuration import load_preset
+
+        config = load_preset(args.preset)
+    else:
+        config = base_config(args.quick)
     model = AltaForPreTraining(config).to(device)
     counts = model.freeze_backbone()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
     batch = make_batch(config, args.batch_size, args.text_length, device, args.seed)
     results: dict[str, float] = {}
 
-    print("# bench_training " + ("(--quick, alta-tiny)" if args.quick else "(alta-base)"))
+    print("# bench_training " + ("(--quick, alta-tiny)" if args.quick else f"({args.preset or 'alta-base'})"))
     print("\n".join(machine_lines(device)))
     print(
         f"- batch {args.batch_size} studies x 4 views, reports of {args.text_length} tokens, mask ratio "

@@ -625,6 +625,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trainable_parameters": counts["trainable"],
         "total_parameters": counts["total"],
         "final_losses": state.losses[-1] if state.losses else {},
+        "loss_curve": loss_curve(state.losses, args.logging_steps),
         "interrupted": interrupted,
         **metrics,
     }
@@ -637,6 +638,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # 8. Validation and export
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def loss_curve(losses: list[dict[str, float]], window: int) -> list[dict[str, float]]:
+    """Each loss averaged over consecutive windows of `window` steps (the learning curve kept with the model)."""
+    window = max(int(window), 1)
+    curve = []
+    for start in range(0, len(losses), window):
+        chunk = losses[start : start + window]
+        keys = [k for k in chunk[0] if k != "step"]
+        curve.append({"step": chunk[-1]["step"], **{k: sum(c[k] for c in chunk) / len(chunk) for k in keys}})
+    return curve
 
 
 def validate(model, processor, data_args: DataArguments, accelerator, step: int) -> dict[str, float]:
