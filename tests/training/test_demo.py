@@ -14,7 +14,14 @@ def test_demo_quick_writes_eval_results(tmp_path: Path) -> None:
     for key in ("zero_shot_accuracy", "i2t_p@5", "t2i_p@5", "trainable_parameters", "total_parameters",
                 "train_seconds", "model_dir"):  # fmt: skip
         assert key in results, key
-    assert set(results["runs"]) == {"aligned", "baseline_random_backbone", "baseline_frontal_only"}
+    assert set(results["runs"]) == {
+        "aligned",
+        "backbone_before_alta",
+        "baseline_random_backbone",
+        "baseline_frontal_only",
+    }
+    curve = json.loads(Path(results["model_dir"], "train_results.json").read_text())["loss_curve"]
+    assert curve and {"step", "contrastive_loss", "total_loss"} <= set(curve[-1])
     assert 0.0 <= results["zero_shot_accuracy"] <= 1.0
     assert results["chance_zero_shot_accuracy"] == 1 / 6
     assert 0 < results["trainable_parameters"] < results["total_parameters"]
