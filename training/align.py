@@ -141,6 +141,12 @@ def build_model(model_args: ModelArguments, args: AlignArguments):
     if model_args.local_loss_chunk_size:
         overrides["local_loss_chunk_size"] = model_args.local_loss_chunk_size
     extra = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    recipe_keys = sorted(set(extra) & (set(overrides) | {"local_loss_chunk_size"}))
+    if recipe_keys:
+        flags = ", ".join(f"--{k}" for k in recipe_keys)
+        raise ValueError(
+            f"--config_overrides sets {recipe_keys}, which the training arguments own; pass {flags} instead."
+        )
     if model_args.model_name_or_path:
         if extra:
             raise ValueError("--config_overrides applies to --preset models; a loaded model keeps its sizes.")

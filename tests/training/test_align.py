@@ -134,6 +134,13 @@ def test_unreadable_study_is_skipped_and_counted(tmp_path: Path, parity_dir: Pat
     assert result["skipped_studies"] == 1
 
 
+def test_loss_weights_in_config_overrides_are_refused(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
+    argv = _argv(parity_dir, dataset, tmp_path / "out", "--max_steps", "1")
+    argv[argv.index("--config_overrides") + 1] = json.dumps({**json.loads(SMALL), "mlm_loss_weight": 0.0})
+    with pytest.raises(ValueError, match=r"sets \['mlm_loss_weight'\].*pass --mlm_loss_weight instead"):
+        main(argv)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
     with pytest.raises(NonFiniteLossError, match=r"Stopped at step 3: non-finite loss.*last good checkpoint is"):
         main(_argv(parity_dir, dataset, tmp_path / "nan", "--max_steps", "4", "--checkpointing_steps", "2",
