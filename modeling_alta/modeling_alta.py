@@ -13,6 +13,7 @@ per frame, `L` tokens, `D` hidden size, `P` projection size.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -238,28 +239,40 @@ def alta_mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_labels, ignore_index=-100)
 
 
+def _sincos_1d(length: int, dim: int) -> torch.Tensor:
+    """`[length, dim]` float64: `sin(p * w_k)` then `cos(p * w_k)` for `w_k = 10000^(-k / (dim/2))`.
+
+    Computed with Python's `math` (scalar libm) rather than torch's vectorised kernels: those gave last-bit differences
+    between processes on the same machine, so a model rebuilt from a config did not hash like the model it was saved
+    from (seen as an intermittent adapter base-weight mismatch on `position_embedding`).
+    """
+    half = dim // 2
+    omegas = [1.0 / 10000 ** (k / (dim / 2.0)) for k in range(half)]
+    rows = [[math.sin(p * w) for w in omegas] + [math.cos(p * w) for w in omegas] for p in range(length)]
+    return torch.tensor(rows, dtype=torch.float64).reshape(length, 2 * half)
+
+
+@functools.lru_cache(maxsize=32)
+def _sincos_2d(embed_dim: int, grid_height: int, grid_width: int, add_cls_token: bool) -> torch.Tensor:
+    cols = _sincos_1d(grid_width, embed_dim // 2)  # [w, D/2]
+    rows = _sincos_1d(grid_height, embed_dim // 2)  # [h, D/2]
+    # Row-major grid: position r * w + c holds (column c's channels, row r's channels).
+    emb = torch.cat([cols.repeat(grid_height, 1), rows.repeat_interleave(grid_width, dim=0)], dim=1)  # [h*w, D]
+    if add_cls_token:
+        emb = torch.cat([torch.zeros(1, embed_dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
 def get_2d_sincos_position_embedding(
     embed_dim: int, grid_height: int, grid_width: int, add_cls_token: bool = True
 ) -> torch.Tensor:
     """Fixed 2-D sin-cos positions as MAE defines them (the first half of the channels encodes the column, the
     second the row). Computed in float64, returned as float32 of shape `[1 + h*w, D]` (a zero row for CLS first).
+    Bit-identical in every process (see `_sincos_1d`); a fresh tensor on each call.
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"Sin-cos position embeddings need a hidden size divisible by 4; got {embed_dim}.")
-
-    def one_dim(positions: torch.Tensor, dim: int) -> torch.Tensor:
-        omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
-        omega = 1.0 / 10000**omega
-        out = positions.reshape(-1, 1).to(torch.float64) * omega[None]
-        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
-    rows = torch.arange(grid_height, dtype=torch.float32)
-    cols = torch.arange(grid_width, dtype=torch.float32)
-    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
-    emb = torch.cat([one_dim(grid_cols, embed_dim // 2), one_dim(grid_rows, embed_dim // 2)], dim=1)
-    if add_cls_token:
-        emb = torch.cat([torch.zeros(1, embed_dim, dtype=emb.dtype), emb], dim=0)
-    return emb.float()
+    return _sincos_2d(int(embed_dim), int(grid_height), int(grid_width), bool(add_cls_token)).clone()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -417,3 +417,27 @@ def test_pretraining_honours_study_pooling(tester: AltaModelTester) -> None:
         pooled = (out.slot_embeds * present).sum(1) / present.sum(1)
         expected = F.normalize(model.alta.vision_projection(pooled), dim=-1)
     torch.testing.assert_close(out.image_embeds, expected)
+
+
+def test_sincos_positions_are_bit_identical_in_another_process() -> None:
+    """A model rebuilt from its config in another process must hash like the one it was saved from: torch's
+    vectorised sin/cos gave last-bit differences between processes (an intermittent adapter base mismatch)."""
+    import subprocess
+    import sys
+
+    from modeling_alta.modeling_alta import get_2d_sincos_position_embedding
+
+    here = get_2d_sincos_position_embedding(768, 14, 14)
+    code = (
+        "import hashlib; from modeling_alta.modeling_alta import get_2d_sincos_position_embedding as f; "
+        "print(hashlib.sha256(f(768, 14, 14).numpy().tobytes()).hexdigest())"
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    import hashlib
+
+    assert there == hashlib.sha256(here.numpy().tobytes()).hexdigest()
+    assert here.shape == (197, 768) and torch.equal(here[0], torch.zeros(768))
+    # column channels first, then row channels; position (r=1, c=2) is row-major index 1 + 1*14 + 2
+    assert torch.equal(here[1 + 14 + 2, :384], here[1 + 2, :384]) and torch.equal(
+        here[1 + 14 + 2, 384:], here[1 + 14, 384:]
+    )
