@@ -1,6 +1,6 @@
 """Time of a zero-shot evaluation: 1,000 images against the full CheXpert 5x200 prompt grid (489 prompts).
 
-The evaluation as `training.protocols` runs it: tokenise the 489 prompts (`processing.prompts.chexpert_5x200_prompts`,
+The evaluation as `inference.zero_shot` runs it: tokenise the 489 prompts (`processing.prompts.chexpert_5x200_prompts`,
 padded to 128 tokens as `AltaProcessor` does), embed them once and reduce them to five class embeddings, then embed
 the images in batches and score them (`zero_shot_logits`, argmax). `AltaModel` at the `alta-base` size with random
 weights; the images are random normalised tensors at 224 (decoding and resizing are measured by
@@ -21,9 +21,9 @@ import torch
 # `_common` puts the repository root on sys.path for the first-party imports that follow it.
 from _common import REPO_ROOT, add_common_arguments, autocast, base_config, machine_lines, markdown_table, now, setup
 
+from inference.zero_shot import encode_prompt_ensemble, zero_shot_logits
 from modeling_alta.modeling_alta import AltaModel
 from processing.prompts import chexpert_5x200_prompts
-from training.protocols import encode_prompt_ensemble, zero_shot_logits
 
 
 DEFAULT_TOKENIZER = REPO_ROOT.parent / "shared" / "parity" / "BiomedVLP-CXR-BERT-specialized"

@@ -1,7 +1,7 @@
 """Text prompts for zero-shot classification: the reference CheXpert 5x200 grid, the RSNA pair, custom ensembles.
 
 A *prompt ensemble* maps a class name to the list of prompts that describe it. Zero-shot scoring embeds every
-prompt, averages the (unnormalised) embeddings per class and normalises the mean (`training.protocols`), so the
+prompt, averages the (unnormalised) embeddings per class and normalises the mean (`inference.zero_shot.class_embeddings_from_prompts`), so the
 order and the multiplicity of prompts matter: the reference grid keeps a duplicated Pleural Effusion subtype, which
 therefore weighs double in the mean.
 

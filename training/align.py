@@ -660,8 +660,8 @@ def loss_curve(losses: list[dict[str, float]], window: int) -> list[dict[str, fl
 def validate(model, processor, data_args: DataArguments, accelerator, step: int) -> dict[str, float]:
     """Zero-shot accuracy on a labelled validation split (`label` column): the class names are the prompts, and
     whole studies are scored through the multiview path."""
+    from inference.zero_shot import ZeroShotClassifier
     from processing.datasets import load_study_dataset
-    from training.zero_shot import ZeroShotClassifier
 
     dataset = load_study_dataset(data_args.validation_path, split=data_args.validation_split)
     if "label" not in dataset.column_names:

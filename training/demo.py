@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs["baseline_frontal_only"] = (frontal_run, True)
 
     # 6. evaluation on the held-out test studies, and the pipeline on a held-out image
-    from training.evaluation import evaluate_demo
+    from evaluation.demo import evaluate_demo
 
     test = data["test"]
     results: dict[str, Any] = {}

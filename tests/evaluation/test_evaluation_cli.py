@@ -1,7 +1,7 @@
-"""`alta-evaluate` end to end on small data written in the reference formats, against `training.protocols`.
+"""`alta-evaluate` end to end on small data written in the reference formats, against `evaluation.protocols`.
 
 Each protocol runs through the command line on tiny generated images and a tiny converted model, with
-`--save-embeddings`; the numbers in its JSON must equal those that `training.protocols` computes from the same
+`--save-embeddings`; the numbers in its JSON must equal those that `evaluation.protocols` computes from the same
 embeddings (the protocol math itself has exact hand-computed tests in test_protocols.py).
 """
 
@@ -19,12 +19,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from evaluation import protocols
+from evaluation.chexpert_8x200 import CHEXPERT_8X200_LABELS
+from evaluation.cli import main
+from evaluation.demo import evaluate_demo
+from inference.embedding import embed_images, embed_texts, load_model_and_processor
+from inference.zero_shot import ZeroShotClassifier, zero_shot_logits
 from processing.demo_data import CHEXPERT_COLUMNS
 from processing.prompts import CHEXPERT_5X200_CLASSES
-from training import protocols
-from training.evaluation import CHEXPERT_8X200_LABELS, evaluate_demo, main
-from training.inference import embed_images, embed_texts, load_model_and_processor
-from training.zero_shot import ZeroShotClassifier
 
 from ..conftest import REPO_ROOT
 from ..model_folders import converted_tiny_model
@@ -91,14 +93,14 @@ def test_chexpert_5x200_zero_shot_cli(model_dir, model_and_processor, chexpert_5
     argv = ["chexpert5x200-zeroshot", "--model", str(model_dir), "--csv", str(csv_path), "--data-root", str(root)]
     argv += ["--output-dir", str(out), "--save-embeddings"]
     proc = subprocess.run(
-        [sys.executable, "-m", "training.evaluation", *argv], cwd=REPO_ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "evaluation.cli", *argv], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = _results(out, "chexpert5x200-zeroshot")
     assert set(result["figures"]) == {"confusion_matrix", "heatmap"}
     emb = load_file(result["embeddings_file"])
     expected = protocols.zero_shot_accuracy(
-        protocols.zero_shot_logits(emb["image_embeds"], emb["class_embeds"]), labels, list(CHEXPERT_5X200_CLASSES)
+        zero_shot_logits(emb["image_embeds"], emb["class_embeds"]), labels, list(CHEXPERT_5X200_CLASSES)
     )
     assert result["accuracy"] == expected["accuracy"]
     assert result["per_class_accuracy"] == expected["per_class_accuracy"]

@@ -6,8 +6,8 @@ import evaluate
 import numpy as np
 import pytest
 
-from training import protocols
-from training.metrics import METRIC_NAMES, load_metric, metric_path
+from evaluation import protocols
+from evaluation.metrics import METRIC_NAMES, load_metric, metric_path
 
 
 @pytest.mark.parametrize("name", METRIC_NAMES)

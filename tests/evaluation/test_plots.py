@@ -9,7 +9,7 @@ from PIL import Image
 
 pytest.importorskip("matplotlib")
 
-from training.plots import (  # noqa: E402
+from evaluation.plots import (  # noqa: E402
     plot_confusion_matrix,
     plot_retrieval_examples,
     plot_similarity_heatmap,

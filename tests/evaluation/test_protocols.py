@@ -9,12 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.protocols import (
+from evaluation.protocols import (
     RSNA_THRESHOLDS,
     binary_classification_metrics,
-    class_embeddings_from_prompts,
     confusion_matrix,
-    encode_prompt_ensemble,
     image_to_image_precision,
     image_to_text_precision,
     precision_at_k,
@@ -26,8 +24,8 @@ from training.protocols import (
     stratified_kfold,
     text_to_image_precision,
     zero_shot_accuracy,
-    zero_shot_logits,
 )
+from inference.zero_shot import class_embeddings_from_prompts, encode_prompt_ensemble, zero_shot_logits
 
 
 # --- zero-shot ---------------------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import evaluate
 
 
 try:
-    from training import protocols
+    from evaluation import protocols
 except ImportError as err:  # the module runs from evaluate's cache, so the repository must be importable
     raise ImportError(
-        "alta_zero_shot_accuracy needs the `training` package of the alta repository: install the repository "
-        "(`pip install -e .`) or load the metric with `training.metrics.load_metric('alta_zero_shot_accuracy')`"
+        "alta_zero_shot_accuracy needs the `evaluation` package of the alta repository: install the repository "
+        "(`pip install -e .`) or load the metric with `evaluation.metrics.load_metric('alta_zero_shot_accuracy')`"
     ) from err
 
 
@@ -27,7 +27,7 @@ Args:
 Returns:
     accuracy (`float`), per_class_accuracy (`dict[str, float]`, classes present in the references), num_samples.
 Examples:
-    >>> metric = training.metrics.load_metric("alta_zero_shot_accuracy")
+    >>> metric = evaluation.metrics.load_metric("alta_zero_shot_accuracy")
     >>> metric.compute(predictions=[0, 0, 1, 1], references=[0, 1, 1, 1], class_names=["a", "b"])
     {'accuracy': 0.75, 'per_class_accuracy': {'a': 1.0, 'b': 0.6666666666666666}, 'num_samples': 4}
 """

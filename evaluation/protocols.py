@@ -19,15 +19,15 @@ Inputs may be numpy arrays, torch tensors or lists; similarities are computed in
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from inference.arrays import ArrayLike, as_1d_array, as_float_tensor, check_same_length, l2_normalize
+from inference.search import TopKResult
 
-ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
 IMAGE_TO_TEXT_KS: tuple[int, ...] = (5, 10, 100)
 TEXT_TO_IMAGE_KS: tuple[int, ...] = (5, 10, 50)
@@ -38,136 +38,17 @@ IMAGE_TO_IMAGE_KS: tuple[int, ...] = (5, 10, 50)
 RSNA_THRESHOLDS: np.ndarray = np.arange(0, 1 + 0.005, 0.005)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# input checks
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _as_float_tensor(x: ArrayLike, name: str, ndim: int) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if not torch.is_floating_point(t):
-        t = t.to(torch.float32)
-    if t.ndim != ndim:
-        raise ValueError(f"`{name}` must have {ndim} dimensions; got shape {tuple(t.shape)}")
-    return t.cpu()
-
-
-def _as_1d_array(x: ArrayLike, name: str) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.ndim != 1:
-        raise ValueError(f"`{name}` must be one-dimensional; got shape {a.shape}")
-    return a
-
-
 def _binary_labels(labels: ArrayLike, name: str = "labels") -> np.ndarray:
-    a = _as_1d_array(labels, name)
+    a = as_1d_array(labels, name)
     values = set(np.unique(a).tolist())
     if not values <= {0, 1}:  # True == 1 and False == 0, so bools pass too
         raise ValueError(f"`{name}` must be binary (0/1 or bool); got values {sorted(values)[:10]}")
     return a.astype(bool)
 
 
-def _check_same_length(**arrays: Any) -> None:
-    lengths = {name: len(a) for name, a in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"inputs must have the same length; got {lengths}")
-
-
-def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """`x / max(||x||, 1e-12)` along `dim`, as `F.normalize` (and the reference) does."""
-    return F.normalize(x, p=2, dim=dim)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # zero-shot classification
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def class_embeddings_from_prompts(
-    prompt_embeddings: ArrayLike, class_index: ArrayLike, num_classes: int | None = None
-) -> torch.Tensor:
-    """Class embeddings from prompt embeddings: `normalize(mean over the class's prompts)`.
-
-    The prompt embeddings must be the **unnormalised** projections (`get_text_features`), as in the reference;
-    normalising each prompt first gives a different mean. A prompt listed twice counts twice.
-
-    Args:
-        prompt_embeddings: `[N, P]` float, one row per prompt.
-        class_index: `[N]` int, the class of each prompt (0 .. C-1).
-        num_classes: C; default `max(class_index) + 1`.
-
-    Returns:
-        `[C, P]` L2-normalised class embeddings, in the dtype of `prompt_embeddings`.
-    """
-    emb = _as_float_tensor(prompt_embeddings, "prompt_embeddings", 2)
-    idx = torch.as_tensor(_as_1d_array(class_index, "class_index")).long()
-    _check_same_length(prompt_embeddings=emb, class_index=idx)
-    num_classes = int(idx.max()) + 1 if num_classes is None else num_classes
-    if len(idx) and (idx.min() < 0 or idx.max() >= num_classes):
-        raise ValueError(f"`class_index` values must lie in [0, {num_classes}); got {sorted(set(idx.tolist()))}")
-    counts = torch.bincount(idx, minlength=num_classes)
-    if (counts == 0).any():
-        raise ValueError(
-            f"every class needs at least one prompt; classes without: {torch.nonzero(counts == 0).flatten().tolist()}"
-        )
-    sums = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype).index_add_(0, idx, emb)
-    return l2_normalize(sums / counts.unsqueeze(1).to(emb.dtype))
-
-
-def encode_prompt_ensemble(
-    ensemble: Mapping[str, Sequence[str]],
-    encode_text: Callable[[list[str]], ArrayLike],
-    batch_size: int = 256,
-) -> tuple[list[str], torch.Tensor]:
-    """Embed a prompt ensemble once and reduce it to class embeddings.
-
-    Compute this once per model and ensemble and reuse it for every image batch (the reference recomputes it per
-    batch, with the same result).
-
-    Args:
-        ensemble: class -> prompts (see `processing.prompts`).
-        encode_text: maps a list of prompts to `[n, P]` **unnormalised** embeddings (tokenisation, and any
-            `process_text` cleanup, happen inside it).
-        batch_size: prompts per `encode_text` call.
-
-    Returns:
-        `(class_names, class_embeddings [C, P])`.
-    """
-    # Imported here: `processing` is a sibling repository package and the protocols must import without it.
-    from processing.prompts import flatten_prompt_ensemble
-
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be positive; got {batch_size}")
-    prompts, class_index, names = flatten_prompt_ensemble(ensemble)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start : start + batch_size]
-            out = _as_float_tensor(encode_text(batch), "encode_text(prompts)", 2)
-            if out.shape[0] != len(batch):
-                raise ValueError(f"`encode_text` returned {out.shape[0]} rows for {len(batch)} prompts")
-            chunks.append(out)
-    return names, class_embeddings_from_prompts(torch.cat(chunks), class_index, len(names))
-
-
-def zero_shot_logits(image_embeds: ArrayLike, class_embeds: ArrayLike, normalize_images: bool = True) -> torch.Tensor:
-    """Cosine similarities between images and class embeddings.
-
-    Args:
-        image_embeds: `[N, P]`; normalised here unless `normalize_images=False` (the reference's image features are
-            already normalised; normalising again changes them by at most an ulp).
-        class_embeds: `[C, P]`, already normalised (`class_embeddings_from_prompts`).
-
-    Returns:
-        `[N, C]` cosines.
-    """
-    img = _as_float_tensor(image_embeds, "image_embeds", 2)
-    cls = _as_float_tensor(class_embeds, "class_embeds", 2)
-    if img.shape[1] != cls.shape[1]:
-        raise ValueError(f"embedding sizes differ: image_embeds {tuple(img.shape)}, class_embeds {tuple(cls.shape)}")
-    if normalize_images:
-        img = l2_normalize(img)
-    return img @ cls.to(img.dtype).T
 
 
 def _predictions_from(predictions: ArrayLike) -> np.ndarray:
@@ -198,8 +79,8 @@ def zero_shot_accuracy(
         fraction of that class's samples predicted correctly (its recall).
     """
     pred = _predictions_from(predictions).astype(np.int64)
-    ref = _as_1d_array(references, "references").astype(np.int64)
-    _check_same_length(predictions=pred, references=ref)
+    ref = as_1d_array(references, "references").astype(np.int64)
+    check_same_length(predictions=pred, references=ref)
     if len(ref) == 0:
         raise ValueError("`references` is empty: accuracy needs at least one sample")
     correct = pred == ref
@@ -217,8 +98,8 @@ def zero_shot_accuracy(
 def confusion_matrix(predictions: ArrayLike, references: ArrayLike, num_classes: int | None = None) -> np.ndarray:
     """`[C, C]` int64 counts, rows = true class, columns = predicted class. `predictions` may be logits `[N, C]`."""
     pred = _predictions_from(predictions).astype(np.int64)
-    ref = _as_1d_array(references, "references").astype(np.int64)
-    _check_same_length(predictions=pred, references=ref)
+    ref = as_1d_array(references, "references").astype(np.int64)
+    check_same_length(predictions=pred, references=ref)
     num_classes = int(max(pred.max(initial=-1), ref.max(initial=-1))) + 1 if num_classes is None else num_classes
     for name, a in (("predictions", pred), ("references", ref)):
         if len(a) and (a.min() < 0 or a.max() >= num_classes):
@@ -242,10 +123,10 @@ def rsna_zero_shot_scores(image_embeds: ArrayLike, positive_embed: ArrayLike, ne
     Returns:
         `[N]` float32 scores.
     """
-    img = l2_normalize(_as_float_tensor(image_embeds, "image_embeds", 2))
+    img = l2_normalize(as_float_tensor(image_embeds, "image_embeds", 2))
     sims = []
     for name, e in (("positive_embed", positive_embed), ("negative_embed", negative_embed)):
-        t = _as_float_tensor(e, name, 2) if np.ndim(e) == 2 else _as_float_tensor(e, name, 1).unsqueeze(0)
+        t = as_float_tensor(e, name, 2) if np.ndim(e) == 2 else as_float_tensor(e, name, 1).unsqueeze(0)
         if t.shape[1] != img.shape[1]:
             raise ValueError(f"`{name}` has size {t.shape[1]}; image_embeds have {img.shape[1]}")
         sims.append(img @ l2_normalize(t.mean(0)).to(img.dtype))
@@ -258,8 +139,8 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     Computed from average ranks (Mann-Whitney U), so it needs no scikit-learn.
     """
     y = _binary_labels(labels)
-    s = _as_1d_array(scores, "scores").astype(np.float64)
-    _check_same_length(labels=y, scores=s)
+    s = as_1d_array(scores, "scores").astype(np.float64)
+    check_same_length(labels=y, scores=s)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUROC needs both classes; got {n_pos} positives and {n_neg} negatives")
@@ -311,7 +192,7 @@ def stratified_kfold(
     (the reference's folds), else the numpy re-implementation of the same algorithm (`_stratified_kfold_numpy`),
     which gives the same folds for integer seeds. `random_state=None` is only allowed with scikit-learn.
     """
-    y = _as_1d_array(labels, "labels")
+    y = as_1d_array(labels, "labels")
     if n_splits < 2:
         raise ValueError(f"`n_splits` must be at least 2; got {n_splits}")
     counts = np.unique(y, return_counts=True)[1]
@@ -350,8 +231,8 @@ def binary_classification_metrics(labels: ArrayLike, scores: ArrayLike, threshol
     compared in float64.
     """
     y = _binary_labels(labels)
-    s = _as_1d_array(scores, "scores").astype(np.float64)
-    _check_same_length(labels=y, scores=s)
+    s = as_1d_array(scores, "scores").astype(np.float64)
+    check_same_length(labels=y, scores=s)
     return {k: float(v[0]) for k, v in _confusion_rates(y, s, np.asarray([threshold], dtype=np.float64)).items()}
 
 
@@ -387,9 +268,9 @@ def search_threshold(
     if select_by not in ("f1", "accuracy"):
         raise ValueError(f"`select_by` must be 'f1' or 'accuracy'; got {select_by!r}")
     y = _binary_labels(labels)
-    s = _as_1d_array(scores, "scores").astype(np.float64)
-    _check_same_length(labels=y, scores=s)
-    grid = RSNA_THRESHOLDS if thresholds is None else _as_1d_array(thresholds, "thresholds").astype(np.float64)
+    s = as_1d_array(scores, "scores").astype(np.float64)
+    check_same_length(labels=y, scores=s)
+    grid = RSNA_THRESHOLDS if thresholds is None else as_1d_array(thresholds, "thresholds").astype(np.float64)
     values = _confusion_rates(y, s, grid)[select_by]
     if np.all(np.isnan(values)):
         return 0.0, float("nan")
@@ -424,8 +305,8 @@ def rsna_zero_shot_metrics(
         `{"auroc", "accuracy", "f1", "fold_thresholds", "fold_accuracy", "fold_f1", "select_by"}`.
     """
     y = _binary_labels(labels)
-    s = _as_1d_array(scores, "scores").astype(np.float64)
-    _check_same_length(labels=y, scores=s)
+    s = as_1d_array(scores, "scores").astype(np.float64)
+    check_same_length(labels=y, scores=s)
     fold_thresholds, fold_acc, fold_f1 = [], [], []
     for train_idx, test_idx in stratified_kfold(y, n_splits, True, random_state, backend=fold_backend):
         threshold, _ = search_threshold(y[train_idx], s[train_idx], select_by, thresholds)
@@ -451,7 +332,7 @@ def rsna_zero_shot_metrics(
 
 def _encode_labels(*label_arrays: ArrayLike) -> list[np.ndarray]:
     """Map labels of any hashable kind (ints, class names) to shared integer codes."""
-    arrays = [_as_1d_array(a, "labels") for a in label_arrays]
+    arrays = [as_1d_array(a, "labels") for a in label_arrays]
     _, inverse = np.unique(np.concatenate(arrays), return_inverse=True)
     out, start = [], 0
     for a in arrays:
@@ -469,7 +350,7 @@ def ranked_indices(similarity: ArrayLike, k: int) -> torch.Tensor:
     Returns:
         `[Q, k]` int64.
     """
-    sim = _as_float_tensor(similarity, "similarity", 2)
+    sim = as_float_tensor(similarity, "similarity", 2)
     if not 1 <= k <= sim.shape[1]:
         raise ValueError(f"`k` must lie in [1, {sim.shape[1]}] (the gallery size); got {k}")
     if torch.isnan(sim).any():
@@ -492,7 +373,7 @@ def precision_at_k_from_ranked_labels(
         `{"p@K": mean over queries of (hits with the query's label among the first K) / K}`.
     """
     ranked = ranked_labels.cpu().numpy() if isinstance(ranked_labels, torch.Tensor) else np.asarray(ranked_labels)
-    q = _as_1d_array(query_labels, "query_labels")
+    q = as_1d_array(query_labels, "query_labels")
     if ranked.ndim != 2 or ranked.shape[0] != len(q):
         raise ValueError(f"`ranked_labels` must be [Q={len(q)}, K]; got shape {ranked.shape}")
     relevant = ranked == q[:, None]
@@ -514,7 +395,7 @@ def precision_at_k(
         query_labels: `[Q]`; gallery_labels: `[G]` (ints or class names).
         ks: cut-offs, each at most G.
     """
-    sim = _as_float_tensor(similarity, "similarity", 2)
+    sim = as_float_tensor(similarity, "similarity", 2)
     q, g = _encode_labels(query_labels, gallery_labels)
     if sim.shape != (len(q), len(g)):
         raise ValueError(f"`similarity` must be [Q={len(q)}, G={len(g)}]; got shape {tuple(sim.shape)}")
@@ -532,8 +413,8 @@ def retrieval_precision(
     ks: Sequence[int],
 ) -> dict[str, float]:
     """P@K by cosine between L2-normalised query `[Q, P]` and gallery `[G, P]` embeddings."""
-    qe = l2_normalize(_as_float_tensor(query_embeds, "query_embeds", 2))
-    ge = l2_normalize(_as_float_tensor(gallery_embeds, "gallery_embeds", 2))
+    qe = l2_normalize(as_float_tensor(query_embeds, "query_embeds", 2))
+    ge = l2_normalize(as_float_tensor(gallery_embeds, "gallery_embeds", 2))
     if qe.shape[1] != ge.shape[1]:
         raise ValueError(f"embedding sizes differ: queries {tuple(qe.shape)}, gallery {tuple(ge.shape)}")
     return precision_at_k(qe @ ge.to(qe.dtype).T, query_labels, gallery_labels, ks)
@@ -575,19 +456,41 @@ def image_to_image_precision(
     return retrieval_precision(query_embeds, gallery_embeds, query_labels, gallery_labels, ks)
 
 
+def precision_at_k_from_topk(
+    result: TopKResult | torch.Tensor | np.ndarray,
+    query_labels: Any,
+    gallery_labels: Any,
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """P@K (relevance = same label) from top-k results, in memory.
+
+    Args:
+        result: a `TopKResult` (`inference.search`) or `[Q, K]` gallery indices, best first, with K >= max(ks).
+        query_labels: `[Q]`; gallery_labels: `[G]` (ints or class names), indexed by gallery position.
+        ks: the cut-offs.
+
+    Returns:
+        `{"p@K": float}`.
+    """
+    indices = result.indices if isinstance(result, TopKResult) else result
+    indices = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+    gallery = np.asarray(gallery_labels)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(gallery)):
+        raise ValueError(f"top-k indices reach {indices.max()}, but `gallery_labels` has {len(gallery)} entries")
+    return precision_at_k_from_ranked_labels(gallery[indices], np.asarray(query_labels), ks)
+
+
 __all__ = [
     "IMAGE_TO_IMAGE_KS",
     "IMAGE_TO_TEXT_KS",
     "RSNA_THRESHOLDS",
     "TEXT_TO_IMAGE_KS",
     "binary_classification_metrics",
-    "class_embeddings_from_prompts",
     "confusion_matrix",
-    "encode_prompt_ensemble",
     "image_to_image_precision",
     "image_to_text_precision",
-    "l2_normalize",
     "precision_at_k",
+    "precision_at_k_from_topk",
     "precision_at_k_from_ranked_labels",
     "ranked_indices",
     "retrieval_precision",
@@ -598,5 +501,4 @@ __all__ = [
     "stratified_kfold",
     "text_to_image_precision",
     "zero_shot_accuracy",
-    "zero_shot_logits",
 ]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.inference import embed_images, load_model_and_processor, pixel_inputs
-from training.zero_shot import ZeroShotClassifier, prompt_preset
+from inference.embedding import embed_images, load_model_and_processor, pixel_inputs
+from inference.zero_shot import ZeroShotClassifier, prompt_preset
 
 from ..model_folders import converted_tiny_model
 

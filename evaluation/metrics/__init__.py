@@ -2,16 +2,16 @@
 
 The Hub copies of community metrics cannot be loaded without a network (`evaluate.load("accuracy")` fails
 offline), so the benchmarks ship here as `<name>/<name>.py` modules loaded by path. Each module's `_compute`
-delegates to `training.protocols`, so the numbers equal the plain functions.
+delegates to `evaluation.protocols`, so the numbers equal the plain functions.
 
-How a module finds `training.protocols`: `evaluate.load(path)` copies the module file into the modules cache and
+How a module finds `evaluation.protocols`: `evaluate.load(path)` copies the module file into the modules cache and
 imports it from there, so the file cannot import its neighbours by relative path. It imports the repository
-package absolutely (`from training import protocols`), which works whenever `training` is importable: always
+package absolutely (`from evaluation import protocols`), which works whenever `evaluation` is importable: always
 through `load_metric` (this package is then already imported), in an installed checkout (`pip install -e .`) and
 under pytest (`pythonpath = ["."]`). Otherwise loading fails with an `ImportError` that says so. The import sits
 inside a `try:` on purpose: evaluate scans top-level `import` lines and would otherwise ask to
-`pip install training`. Every metric folder has an `__init__.py`, so setuptools' `packages.find` ships the
-modules with the `training` package without package-data lines.
+`pip install evaluation`. Every metric folder has an `__init__.py`, so setuptools' `packages.find` ships the
+modules with the `evaluation` package without package-data lines.
 """
 
 from __future__ import annotations

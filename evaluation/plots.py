@@ -27,7 +27,7 @@ def _figure(width: float, height: float, dpi: int):
         from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError(
-            "training.plots needs matplotlib; install it with `pip install matplotlib` or the `eval` extra "
+            "evaluation.plots needs matplotlib; install it with `pip install matplotlib` or the `eval` extra "
             "(`pip install -e .[eval]`)"
         ) from err
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -75,7 +75,7 @@ def plot_confusion_matrix(
     """Write a confusion matrix as a PNG.
 
     Args:
-        matrix: `[C, C]` counts, rows = true class, columns = predicted (`training.protocols.confusion_matrix`).
+        matrix: `[C, C]` counts, rows = true class, columns = predicted (`evaluation.protocols.confusion_matrix`).
         class_names: the C names.
         path: the `.png` file.
         normalize: colour and print each row as fractions of its true class (counts stay in brackets).

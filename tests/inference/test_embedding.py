@@ -9,18 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.inference import (
+from inference.embedding import (
     embed_images,
     embed_images_to_store,
     embed_reports_to_store,
     embed_texts,
     load_model_and_processor,
-    model_view,
-    search,
     tokenize_texts,
-    word_patch_similarity,
 )
-from training.retrieval import EmbeddingStore
+from inference.heatmaps import model_view, word_patch_similarity
+from inference.search import search
+from inference.store import EmbeddingStore
 
 from ..model_folders import converted_tiny_model
 

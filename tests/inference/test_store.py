@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.protocols import precision_at_k, ranked_indices
-from training.retrieval import (
-    EmbeddingStore,
-    EmbeddingStoreWriter,
-    TopKResult,
-    exact_topk,
-    precision_at_k_from_topk,
-    write_embedding_store,
-)
+from evaluation.protocols import precision_at_k, precision_at_k_from_topk, ranked_indices
+from inference.search import TopKResult, exact_topk
+from inference.store import EmbeddingStore, EmbeddingStoreWriter, write_embedding_store
 
 
 def _tied_gallery(n: int = 23, dim: int = 4, seed: int = 0) -> torch.Tensor:

@@ -7,11 +7,11 @@ import evaluate
 
 
 try:
-    from training import protocols
+    from evaluation import protocols
 except ImportError as err:  # the module runs from evaluate's cache, so the repository must be importable
     raise ImportError(
-        "alta_rsna_zero_shot needs the `training` package of the alta repository: install the repository "
-        "(`pip install -e .`) or load the metric with `training.metrics.load_metric('alta_rsna_zero_shot')`"
+        "alta_rsna_zero_shot needs the `evaluation` package of the alta repository: install the repository "
+        "(`pip install -e .`) or load the metric with `evaluation.metrics.load_metric('alta_rsna_zero_shot')`"
     ) from err
 
 

@@ -7,17 +7,17 @@ import evaluate
 
 
 try:
-    from training import protocols
+    from evaluation import protocols
 except ImportError as err:  # the module runs from evaluate's cache, so the repository must be importable
     raise ImportError(
-        "alta_precision_at_k needs the `training` package of the alta repository: install the repository "
-        "(`pip install -e .`) or load the metric with `training.metrics.load_metric('alta_precision_at_k')`"
+        "alta_precision_at_k needs the `evaluation` package of the alta repository: install the repository "
+        "(`pip install -e .`) or load the metric with `evaluation.metrics.load_metric('alta_precision_at_k')`"
     ) from err
 
 
 _DESCRIPTION = """Precision at K for retrieval as in the ALTA evaluations (CheXpert 5x200 image-to-text P@5/10/100,
 CheXpert 8x200 text-to-image and image-to-image P@5/10/50): relevance means the same label. One example per query:
-the labels of its ranked hits (best first, at least max(k) of them, e.g. from `training.retrieval.exact_topk`) and
+the labels of its ranked hits (best first, at least max(k) of them, e.g. from `inference.search.exact_topk`) and
 the query's label. Labels may be integers or strings."""
 
 _KWARGS_DESCRIPTION = """
@@ -29,7 +29,7 @@ Args:
 Returns:
     `p@K` (`float`) for each K.
 Examples:
-    >>> metric = training.metrics.load_metric("alta_precision_at_k")
+    >>> metric = evaluation.metrics.load_metric("alta_precision_at_k")
     >>> metric.compute(predictions=[[0, 1, 1, 0], [0, 0, 1, 1]], references=[0, 1], k=[1, 2])
     {'p@1': 0.5, 'p@2': 0.25}
 """

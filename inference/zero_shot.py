@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.inference import _dual_encoder, embed_images, embed_texts
+from .arrays import ArrayLike, as_1d_array, as_float_tensor, check_same_length, l2_normalize
+from .embedding import _dual_encoder, embed_images, embed_texts
 
 
 def prompt_preset(name: str) -> dict[str, list[str]]:
@@ -40,6 +41,92 @@ def prompt_preset(name: str) -> dict[str, list[str]]:
 
         return demo_class_prompts()
     raise ValueError(f"unknown prompt preset {name!r}; available: 'chexpert5x200', 'rsna', 'demo'")
+
+
+def class_embeddings_from_prompts(
+    prompt_embeddings: ArrayLike, class_index: ArrayLike, num_classes: int | None = None
+) -> torch.Tensor:
+    """Class embeddings from prompt embeddings: `normalize(mean over the class's prompts)`.
+
+    The prompt embeddings must be the **unnormalised** projections (`get_text_features`), as in the reference;
+    normalising each prompt first gives a different mean. A prompt listed twice counts twice.
+
+    Args:
+        prompt_embeddings: `[N, P]` float, one row per prompt.
+        class_index: `[N]` int, the class of each prompt (0 .. C-1).
+        num_classes: C; default `max(class_index) + 1`.
+
+    Returns:
+        `[C, P]` L2-normalised class embeddings, in the dtype of `prompt_embeddings`.
+    """
+    emb = as_float_tensor(prompt_embeddings, "prompt_embeddings", 2)
+    idx = torch.as_tensor(as_1d_array(class_index, "class_index")).long()
+    check_same_length(prompt_embeddings=emb, class_index=idx)
+    num_classes = int(idx.max()) + 1 if num_classes is None else num_classes
+    if len(idx) and (idx.min() < 0 or idx.max() >= num_classes):
+        raise ValueError(f"`class_index` values must lie in [0, {num_classes}); got {sorted(set(idx.tolist()))}")
+    counts = torch.bincount(idx, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError(
+            f"every class needs at least one prompt; classes without: {torch.nonzero(counts == 0).flatten().tolist()}"
+        )
+    sums = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype).index_add_(0, idx, emb)
+    return l2_normalize(sums / counts.unsqueeze(1).to(emb.dtype))
+
+
+def encode_prompt_ensemble(
+    ensemble: Mapping[str, Sequence[str]],
+    encode_text: Callable[[list[str]], ArrayLike],
+    batch_size: int = 256,
+) -> tuple[list[str], torch.Tensor]:
+    """Embed a prompt ensemble once and reduce it to class embeddings.
+
+    Compute this once per model and ensemble and reuse it for every image batch (the reference recomputes it per
+    batch, with the same result).
+
+    Args:
+        ensemble: class -> prompts (see `processing.prompts`).
+        encode_text: maps a list of prompts to `[n, P]` **unnormalised** embeddings (tokenisation, and any
+            `process_text` cleanup, happen inside it).
+        batch_size: prompts per `encode_text` call.
+
+    Returns:
+        `(class_names, class_embeddings [C, P])`.
+    """
+    from processing.prompts import flatten_prompt_ensemble
+
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive; got {batch_size}")
+    prompts, class_index, names = flatten_prompt_ensemble(ensemble)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            out = as_float_tensor(encode_text(batch), "encode_text(prompts)", 2)
+            if out.shape[0] != len(batch):
+                raise ValueError(f"`encode_text` returned {out.shape[0]} rows for {len(batch)} prompts")
+            chunks.append(out)
+    return names, class_embeddings_from_prompts(torch.cat(chunks), class_index, len(names))
+
+
+def zero_shot_logits(image_embeds: ArrayLike, class_embeds: ArrayLike, normalize_images: bool = True) -> torch.Tensor:
+    """Cosine similarities between images and class embeddings.
+
+    Args:
+        image_embeds: `[N, P]`; normalised here unless `normalize_images=False` (the reference's image features are
+            already normalised; normalising again changes them by at most an ulp).
+        class_embeds: `[C, P]`, already normalised (`class_embeddings_from_prompts`).
+
+    Returns:
+        `[N, C]` cosines.
+    """
+    img = as_float_tensor(image_embeds, "image_embeds", 2)
+    cls = as_float_tensor(class_embeds, "class_embeds", 2)
+    if img.shape[1] != cls.shape[1]:
+        raise ValueError(f"embedding sizes differ: image_embeds {tuple(img.shape)}, class_embeds {tuple(cls.shape)}")
+    if normalize_images:
+        img = l2_normalize(img)
+    return img @ cls.to(img.dtype).T
 
 
 def _is_single(images: Any) -> bool:
@@ -158,8 +245,6 @@ class ZeroShotClassifier:
 
     def compute_class_embeddings(self) -> torch.Tensor:
         """Run the text tower over all prompts now (no caching): `[C, P]` normalised class embeddings."""
-        from training.protocols import encode_prompt_ensemble
-
         _, embeds = encode_prompt_ensemble(self.class_prompts, self._encode_prompts, batch_size=self.text_batch_size)
         return embeds
 
@@ -195,8 +280,6 @@ class ZeroShotClassifier:
 
     def scores_from_embeddings(self, image_embeds: torch.Tensor) -> ZeroShotPrediction:
         """Score ready image embeddings `[N, P]` (normalised here) against the classes."""
-        from training.protocols import zero_shot_logits
-
         logits = zero_shot_logits(image_embeds, self.class_embeddings)
         scale = self.model.logit_scale.detach().float().exp().cpu()
         probabilities = torch.softmax(scale * logits, dim=-1)
@@ -233,4 +316,11 @@ class ZeroShotClassifier:
     __call__ = predict
 
 
-__all__ = ["ZeroShotClassifier", "ZeroShotPrediction", "prompt_preset"]
+__all__ = [
+    "ZeroShotClassifier",
+    "ZeroShotPrediction",
+    "class_embeddings_from_prompts",
+    "encode_prompt_ensemble",
+    "prompt_preset",
+    "zero_shot_logits",
+]

@@ -1,0 +1,31 @@
+"""inference package (repository-level; not shipped to the Hub): using an ALTA model on your data.
+
+- `inference.embedding`: embed images, studies and reports (in memory or into an on-disk store);
+- `inference.store`: the sharded on-disk `EmbeddingStore`;
+- `inference.search`: exact top-k search over in-memory or on-disk galleries;
+- `inference.zero_shot`: zero-shot classification with prompt ensembles, class embeddings computed once;
+- `inference.heatmaps`: word-to-patch similarity maps.
+"""
+
+from .embedding import embed_images, embed_texts, load_model_and_processor
+from .heatmaps import word_patch_similarity
+from .search import TopKResult, exact_topk, search
+from .store import EmbeddingStore, EmbeddingStoreWriter, write_embedding_store
+from .zero_shot import ZeroShotClassifier, ZeroShotPrediction, prompt_preset
+
+
+__all__ = [
+    "EmbeddingStore",
+    "EmbeddingStoreWriter",
+    "TopKResult",
+    "ZeroShotClassifier",
+    "ZeroShotPrediction",
+    "embed_images",
+    "embed_texts",
+    "exact_topk",
+    "load_model_and_processor",
+    "prompt_preset",
+    "search",
+    "word_patch_similarity",
+    "write_embedding_store",
+]
