@@ -28,6 +28,7 @@ def _write_data(folder: Path, n: int, size: int) -> tuple[Path, Path]:
     import numpy as np
     from PIL import Image
 
+    from modeling_alta.configuration_alta import STUDY_SLOTS
     from processing.datasets import dataset_from_rows, save_study_dataset
     from training.demo import build_vocabulary
 
@@ -36,7 +37,7 @@ def _write_data(folder: Path, n: int, size: int) -> tuple[Path, Path]:
     rows = []
     for i in range(n):
         row = {}
-        for view in ("frontal", "lateral", "prior_frontal", "prior_lateral"):
+        for view in STUDY_SLOTS:
             path = folder / "img" / f"{i}_{view}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((rng.random((size, size)) * 255).astype("uint8"), mode="L").save(path)

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from inference.embedding import default_text_length, embed_images, embed_texts
+from modeling_alta.configuration_alta import STUDY_SLOTS
 
 from .registry import InputFile, Protocol
 from .results import Figures, model_name, precision_at_k_metric, prepare, write_results, zero_shot_accuracy_metric
@@ -68,7 +69,7 @@ def evaluate_demo(
     task = "demo"
     model, processor, out = prepare(model_dir_or_model, processor, output_dir)
     ds = _demo_split(dataset_split)
-    view_columns = [c for c in ("frontal", "lateral", "prior_frontal", "prior_lateral") if c in ds.column_names]
+    view_columns = [c for c in STUDY_SLOTS if c in ds.column_names]
     columns = {c: list(ds[c]) for c in [*view_columns, "report", "label"]}
     n = len(columns["label"])
     if frontal_only:
@@ -143,7 +144,7 @@ PROTOCOLS = (
             InputFile(
                 "--dataset",
                 "save_to_disk folder of the demo data (default: generate it)",
-                ("frontal", "lateral", "prior_frontal", "prior_lateral", "report", "label"),
+                (*STUDY_SLOTS, "report", "label"),
                 required=False,
             ),
         ),

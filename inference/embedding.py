@@ -17,7 +17,7 @@ Embeddings are returned L2-normalised unless `normalize=False` (prompt ensembles
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +101,6 @@ def _batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Images and studies
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def is_study(item: Any) -> bool:
-    """True for a study (a dict of views, or a list/tuple of views), False for one image."""
-    return isinstance(item, Mapping) or isinstance(item, list | tuple)
 
 
 def pixel_inputs(processor: Any, images: Sequence[Any], dicom_rule: str | None = None) -> dict[str, torch.Tensor]:
@@ -349,7 +344,6 @@ __all__ = [
     "embed_images_to_store",
     "embed_reports_to_store",
     "embed_texts",
-    "is_study",
     "load_model_and_processor",
     "pixel_inputs",
     "tokenize_texts",

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from modeling_alta.image_processing_alta import is_single_input
+
 from .arrays import ArrayLike, as_1d_array, as_float_tensor, check_same_length, l2_normalize
 from .embedding import _dual_encoder, embed_images, embed_texts
 
@@ -127,16 +129,6 @@ def zero_shot_logits(image_embeds: ArrayLike, class_embeds: ArrayLike, normalize
     if normalize_images:
         img = l2_normalize(img)
     return img @ cls.to(img.dtype).T
-
-
-def _is_single(images: Any) -> bool:
-    """One image (path, bytes, PIL, `[H,W]`/`[H,W,C]` array, pydicom dataset) or one study dict, not a batch."""
-    import numpy as np
-    from PIL import Image
-
-    if isinstance(images, str | bytes | os.PathLike | Mapping | Image.Image) or hasattr(images, "PixelData"):
-        return True
-    return isinstance(images, np.ndarray) and images.ndim <= 3
 
 
 @dataclass
@@ -304,7 +296,7 @@ class ZeroShotClassifier:
         Returns:
             `ZeroShotPrediction` with `[N, C]` cosines and probabilities and `[N]` predictions.
         """
-        if _is_single(images):
+        if is_single_input(images):
             images = [images]  # one image or one study
         elif not isinstance(images, torch.Tensor):
             images = list(images)  # lists, tuples, a `datasets` column

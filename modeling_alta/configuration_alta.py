@@ -34,6 +34,12 @@ TRAINABLE_GROUPS = (
     "mlm_head",
 )
 STUDY_POOLING_MODES = ("all", "present")
+# The study vocabulary, defined here once and imported everywhere (this file ships to the Hub with the model).
+# A *view kind* is frontal or lateral; a *time point* is current or prior; a *slot* is one (view kind, time point)
+# position of a study, ordered view-fastest. A study holds at most one image per slot.
+VIEW_KINDS = ("frontal", "lateral")
+TIME_POINTS = ("current", "prior")
+STUDY_SLOTS = ("frontal", "lateral", "prior_frontal", "prior_lateral")
 FRAME_POOLING_MODES = ("cls", "mean")
 
 
@@ -179,11 +185,13 @@ class AltaVisionConfig(PretrainedConfig):
             Input channels (grayscale radiographs are replicated to three).
         qkv_bias (`bool`, *optional*, defaults to `True`):
             Whether the fused qkv projection has a bias.
-        num_views (`int`, *optional*, defaults to 2):
-            Views per time point (frontal, lateral).
+        num_view_kinds (`int`, *optional*, defaults to 2):
+            View kinds per time point (frontal, lateral); the rows of `view_embedding`. (Older configs call it
+            `num_views`; that key is still read.)
         num_times (`int`, *optional*, defaults to 2):
-            Time points (current, prior). Slots are ordered view-fastest: current frontal, current lateral,
-            prior frontal, prior lateral.
+            Time points (current, prior); the rows of `temporal_embedding`. A study has `num_slots =
+            num_view_kinds * num_times` slots, ordered view-fastest: `STUDY_SLOTS` = frontal, lateral,
+            prior_frontal, prior_lateral.
         pooling (`str`, *optional*, defaults to `"cls"`):
             How one frame becomes one embedding: its `"cls"` token (the reference, and what MRM/ALTA weights are
             trained with) or the `"mean"` of its patch tokens (MAE's `global_pool`; a short masked-image
@@ -238,7 +246,7 @@ class AltaVisionConfig(PretrainedConfig):
         patch_size: int = 16,
         num_channels: int = 3,
         qkv_bias: bool = True,
-        num_views: int = 2,
+        num_view_kinds: int = 2,
         num_times: int = 2,
         study_pooling: str = "all",
         pooling: str = "cls",
@@ -255,6 +263,7 @@ class AltaVisionConfig(PretrainedConfig):
         attention_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        num_view_kinds = kwargs.pop("num_views", num_view_kinds)  # the key's name before 0.2
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -266,7 +275,7 @@ class AltaVisionConfig(PretrainedConfig):
         self.patch_size = patch_size
         self.num_channels = num_channels
         self.qkv_bias = qkv_bias
-        self.num_views = num_views
+        self.num_view_kinds = num_view_kinds
         self.num_times = num_times
         self.study_pooling = study_pooling
         self.pooling = pooling
@@ -307,13 +316,20 @@ class AltaVisionConfig(PretrainedConfig):
             raise ValueError(f"`study_pooling` must be one of {STUDY_POOLING_MODES}; got {self.study_pooling!r}.")
         if self.pooling not in FRAME_POOLING_MODES:
             raise ValueError(f"`pooling` must be one of {FRAME_POOLING_MODES}; got {self.pooling!r}.")
-        if self.num_views < 1 or self.num_times < 1:
-            raise ValueError(f"`num_views` and `num_times` must be >= 1; got {self.num_views}, {self.num_times}.")
+        if self.num_view_kinds < 1 or self.num_times < 1:
+            raise ValueError(
+                f"`num_view_kinds` and `num_times` must be >= 1; got {self.num_view_kinds}, {self.num_times}."
+            )
+        if self.num_slots > len(STUDY_SLOTS):
+            raise ValueError(
+                f"`num_view_kinds * num_times` must be at most {len(STUDY_SLOTS)} (the slots {STUDY_SLOTS}); got "
+                f"{self.num_view_kinds} * {self.num_times}."
+            )
 
     @property
     def num_slots(self) -> int:
-        """Frames per study: ``num_views * num_times`` (4: frontal, lateral, prior frontal, prior lateral)."""
-        return self.num_views * self.num_times
+        """Slots per study: ``num_view_kinds * num_times`` (4: `STUDY_SLOTS`)."""
+        return self.num_view_kinds * self.num_times
 
     @property
     def num_patches(self) -> int:
@@ -540,4 +556,12 @@ class AltaConfig(PretrainedConfig):
         return adapter.trainable_groups if adapter is not None else TRAINABLE_GROUPS
 
 
-__all__ = ["AltaAdapterConfig", "AltaConfig", "AltaTextConfig", "AltaVisionConfig"]
+__all__ = [
+    "STUDY_SLOTS",
+    "TIME_POINTS",
+    "VIEW_KINDS",
+    "AltaAdapterConfig",
+    "AltaConfig",
+    "AltaTextConfig",
+    "AltaVisionConfig",
+]

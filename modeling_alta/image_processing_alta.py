@@ -20,14 +20,11 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
+from .configuration_alta import STUDY_SLOTS
 from .cxr_io_alta import DICOM_RULES, describe_source, load_image
 
 
 logger = logging.get_logger(__name__)
-
-# Slot order the model expects (CONTRIBUTING.md): current frontal, current lateral, prior frontal, prior lateral.
-VIEW_NAMES = ("frontal", "lateral", "prior_frontal", "prior_lateral")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Deterministic geometry (the evaluation transform)
@@ -183,53 +180,66 @@ def augment_with_shared_params(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _is_image_like(value: Any) -> bool:
+def is_image(value: Any) -> bool:
+    """True for one image: a path, bytes, a PIL image, an array (a 4-D array is a batch of images) or a pydicom
+    dataset."""
     if isinstance(value, (str, bytes, bytearray, Image.Image, np.ndarray)):
         return True
-    if hasattr(value, "__fspath__") or hasattr(value, "PixelData") or hasattr(value, "__array__"):
+    return hasattr(value, "__fspath__") or hasattr(value, "PixelData") or hasattr(value, "__array__")
+
+
+def is_study(value: Any) -> bool:
+    """True for one study: a mapping of slot names to images, or an ordered list/tuple of up to four slots."""
+    return isinstance(value, Mapping) or isinstance(value, (list, tuple))
+
+
+def is_single_input(value: Any) -> bool:
+    """True for one image or one study given alone (a mapping), False for a batch (a list of images or studies, or
+    a 4-D array)."""
+    if isinstance(value, Mapping):
         return True
-    return False
+    return is_image(value) and getattr(value, "ndim", 0) <= 3
 
 
-def _study_slots(study: Any, index: int, num_views: int) -> list[Any]:
-    """A study (mapping of view names, or an ordered sequence) → `num_views` slots (None = missing)."""
+def _study_slots(study: Any, index: int, num_slots: int) -> list[Any]:
+    """A study (mapping of slot names, or an ordered sequence) → `num_slots` slots (None = missing)."""
     label = f"study {index}"
     if isinstance(study, Mapping):
-        unknown = [key for key in study if key not in VIEW_NAMES[:num_views]]
+        unknown = [key for key in study if key not in STUDY_SLOTS[:num_slots]]
         if unknown:
-            raise ValueError(f"{label}: unknown view name(s) {unknown}; expected keys among {VIEW_NAMES[:num_views]}")
-        slots = [study.get(name) for name in VIEW_NAMES[:num_views]]
+            raise ValueError(f"{label}: unknown slot name(s) {unknown}; expected keys among {STUDY_SLOTS[:num_slots]}")
+        slots = [study.get(name) for name in STUDY_SLOTS[:num_slots]]
     elif isinstance(study, Sequence) and not isinstance(study, (str, bytes, bytearray)):
-        if len(study) > num_views:
+        if len(study) > num_slots:
             raise ValueError(
-                f"{label}: {len(study)} views given but a study has at most {num_views} "
-                f"(slots {VIEW_NAMES[:num_views]})"
+                f"{label}: {len(study)} views given but a study has at most {num_slots} "
+                f"(slots {STUDY_SLOTS[:num_slots]})"
             )
-        slots = list(study) + [None] * (num_views - len(study))
+        slots = list(study) + [None] * (num_slots - len(study))
     else:
-        raise TypeError(f"{label}: expected a dict of views or a list of up to {num_views} images; got {type(study)}")
+        raise TypeError(f"{label}: expected a dict of views or a list of up to {num_slots} images; got {type(study)}")
     if slots[0] is None:
         raise ValueError(f"{label}: no frontal view (slot 0, key 'frontal'); the current frontal image is required")
     return slots
 
 
-def _structure_inputs(images: Any, num_views: int) -> tuple[bool, list[Any]]:
+def _structure_inputs(images: Any, num_slots: int) -> tuple[bool, list[Any]]:
     """Return ``(is_study_batch, items)``: items are images, or per-study slot lists."""
     if images is None:
         raise ValueError("no images given (`images=None`)")
     if isinstance(images, Mapping):
-        return True, [_study_slots(images, 0, num_views)]
-    if _is_image_like(images) and not (isinstance(images, np.ndarray) and images.ndim == 4):
+        return True, [_study_slots(images, 0, num_slots)]
+    if is_single_input(images):
         return False, [images]
-    if isinstance(images, np.ndarray):
+    if getattr(images, "ndim", 0) == 4:  # a numpy array or tensor of images
         return False, list(images)
     if not isinstance(images, Sequence) or len(images) == 0:
         raise ValueError(f"expected an image, a list of images or a list of studies; got {describe_source(images)}")
-    kinds = {"study" if isinstance(item, (Mapping, list, tuple)) else "image" for item in images}
+    kinds = {"study" if is_study(item) else "image" for item in images}
     if len(kinds) > 1:
         raise ValueError("a batch mixes studies (dicts or lists of views) and single images; use one form")
     if kinds == {"study"}:
-        return True, [_study_slots(item, i, num_views) for i, item in enumerate(images)]
+        return True, [_study_slots(item, i, num_slots) for i, item in enumerate(images)]
     return False, list(images)
 
 
@@ -265,8 +275,9 @@ class AltaImageProcessor(BaseImageProcessor):
             Normalisation standard deviation.
         resample (`int`, *optional*, defaults to `PIL.Image.BICUBIC` (3)):
             PIL resampling filter for the resize.
-        num_views (`int`, *optional*, defaults to 4):
-            Study slots: current frontal, current lateral, prior frontal, prior lateral.
+        num_slots (`int`, *optional*, defaults to 4):
+            Slots of a study, the first `num_slots` of `STUDY_SLOTS` (frontal, lateral, prior_frontal,
+            prior_lateral). (Older processor configs call it `num_views`; that key is still read.)
         dicom_rule (`str`, *optional*, defaults to `"voi"`):
             `"voi"` (rescale slope/intercept, VOI LUT or window, MONOCHROME1 inverted) or `"rsna"` (the reference's
             RSNA evaluation rule: raw pixels × 255/max, saturated to uint8, MONOCHROME1 inverted).
@@ -306,7 +317,7 @@ class AltaImageProcessor(BaseImageProcessor):
         image_mean: float = 0.4785,
         image_std: float = 0.2834,
         resample: int = Image.BICUBIC,
-        num_views: int = 4,
+        num_slots: int = 4,
         dicom_rule: str = "voi",
         augment_degrees: float = 20.0,
         augment_translate: float = 0.1,
@@ -316,6 +327,7 @@ class AltaImageProcessor(BaseImageProcessor):
         augment_contrast: Sequence[float] = (0.8, 1.2),
         **kwargs: Any,
     ) -> None:
+        num_slots = kwargs.pop("num_views", num_slots)  # the key's name before 0.2
         super().__init__(**kwargs)
         self.shortest_edge = int(shortest_edge)
         self.crop_size = int(crop_size)
@@ -324,7 +336,7 @@ class AltaImageProcessor(BaseImageProcessor):
         self.image_mean = float(image_mean)
         self.image_std = float(image_std)
         self.resample = int(resample)
-        self.num_views = int(num_views)
+        self.num_slots = int(num_slots)
         self.dicom_rule = dicom_rule
         self.augment_degrees = float(augment_degrees)
         self.augment_translate = float(augment_translate)
@@ -337,8 +349,8 @@ class AltaImageProcessor(BaseImageProcessor):
         )
         if self.image_std <= 0:
             raise ValueError(f"`image_std` must be > 0; got {self.image_std}")
-        if not 1 <= self.num_views <= len(VIEW_NAMES):
-            raise ValueError(f"`num_views` must be in 1..{len(VIEW_NAMES)}; got {self.num_views}")
+        if not 1 <= self.num_slots <= len(STUDY_SLOTS):
+            raise ValueError(f"`num_slots` must be in 1..{len(STUDY_SLOTS)}; got {self.num_slots}")
         if self.dicom_rule not in DICOM_RULES:
             raise ValueError(f"`dicom_rule` must be one of {DICOM_RULES}; got {self.dicom_rule!r}")
 
@@ -449,15 +461,15 @@ class AltaImageProcessor(BaseImageProcessor):
         if train:
             rng = generator if generator is not None else np.random.default_rng(seed)
 
-        is_study, items = _structure_inputs(images, self.num_views)
+        study_batch, items = _structure_inputs(images, self.num_slots)
         ranges = self.augment_ranges()
         views: list[np.ndarray] = []
         masks: list[list[bool]] = []
         reconstructions: list[np.ndarray] = []
         for index, item in enumerate(items):
-            slots = item if is_study else [item]
+            slots = item if study_batch else [item]
             where = [
-                f"study {index} view {VIEW_NAMES[slot]!r}" if is_study else f"image {index}"
+                f"study {index} view {STUDY_SLOTS[slot]!r}" if study_batch else f"image {index}"
                 for slot in range(len(slots))
             ]
             loaded = [self._load_named(view, dicom_rule, where[slot]) for slot, view in enumerate(slots)]
@@ -483,7 +495,7 @@ class AltaImageProcessor(BaseImageProcessor):
             frames = normalize_uint8(np.stack(study_frames), mean, std)
             # A missing view is all zeros *after* normalisation: the model's fallback rule (frame sum == 0).
             frames[~np.asarray(present)] = 0.0
-            views.append(frames if is_study else frames[0])
+            views.append(frames if study_batch else frames[0])
             masks.append(present)
             if return_reconstruction:
                 big = resize_and_crop_uint8(loaded[0], rec_edge, rec_crop, resample)
@@ -492,7 +504,7 @@ class AltaImageProcessor(BaseImageProcessor):
                 reconstructions.append(normalize_uint8(big, mean, std))
 
         data: dict[str, Any] = {"pixel_values": np.stack(views)}
-        if is_study:
+        if study_batch:
             data["view_mask"] = np.asarray(masks, dtype=bool)
         if return_reconstruction:
             data["reconstruction_pixel_values"] = np.stack(reconstructions)
@@ -503,7 +515,9 @@ class AltaImageProcessor(BaseImageProcessor):
 AltaImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
-    "VIEW_NAMES",
+    "is_image",
+    "is_single_input",
+    "is_study",
     "AltaAugmentParams",
     "AltaImageProcessor",
     "apply_augment_params",

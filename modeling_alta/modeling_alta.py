@@ -26,12 +26,11 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput, logging
 
 from .adapters_alta import AltaAdapterMixin
-from .configuration_alta import AltaAdapterConfig, AltaConfig, AltaTextConfig, AltaVisionConfig
+from .configuration_alta import STUDY_SLOTS, AltaAdapterConfig, AltaConfig, AltaTextConfig, AltaVisionConfig
 
 
 logger = logging.get_logger(__name__)
 
-SLOT_NAMES = ("frontal", "lateral", "prior_frontal", "prior_lateral")
 # Written into every saved config so that the folder loads as custom code through each Auto class.
 ALTA_AUTO_MAP = {
     "AutoConfig": "configuration_alta.AltaConfig",
@@ -434,8 +433,8 @@ class AltaVisionEmbeddings(nn.Module):
     """Patch embedding, fixed sin-cos positions, CLS token, per-slot view and time embeddings, the missing-view
     token, and the per-frame random masking of MAE.
 
-    Slots are ordered view-fastest: slot `s` has view `s % num_views` and time `s // num_views` (current frontal,
-    current lateral, prior frontal, prior lateral).
+    Slots are ordered view-fastest: slot `s` has view kind `s % num_view_kinds` and time `s // num_view_kinds`
+    (`STUDY_SLOTS`: frontal, lateral, prior_frontal, prior_lateral).
     """
 
     def __init__(self, config: AltaVisionConfig) -> None:
@@ -448,7 +447,7 @@ class AltaVisionEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # Frozen parameters rather than buffers: they are part of the reference state dict and parameter count.
         self.position_embedding = nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, dim), requires_grad=False)
-        self.view_embedding = nn.Parameter(torch.zeros(1, config.num_views, dim))
+        self.view_embedding = nn.Parameter(torch.zeros(1, config.num_view_kinds, dim))
         self.temporal_embedding = nn.Parameter(torch.zeros(1, config.num_times, dim))
         self.missing_token = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim), requires_grad=False)
 
@@ -469,8 +468,8 @@ class AltaVisionEmbeddings(nn.Module):
 
     def slot_embedding(self, slot_ids: torch.Tensor) -> torch.Tensor:
         """`[F, 1, D]` view + time embedding of each frame's slot."""
-        views = slot_ids % self.config.num_views
-        times = slot_ids // self.config.num_views
+        views = slot_ids % self.config.num_view_kinds
+        times = slot_ids // self.config.num_view_kinds
         return (self.view_embedding[0, views] + self.temporal_embedding[0, times])[:, None, :]
 
     def forward(
@@ -706,7 +705,7 @@ class AltaVisionTransformer(nn.Module):
         num_slots = self.config.num_slots
         if views > num_slots:
             raise ValueError(
-                f"A study holds at most {num_slots} views ({', '.join(SLOT_NAMES[:num_slots])}); got {views}."
+                f"A study holds at most {num_slots} views ({', '.join(STUDY_SLOTS[:num_slots])}); got {views}."
             )
         if view_mask is None:
             view_mask = pixel_values.flatten(2).sum(-1) != 0

@@ -2,7 +2,8 @@
 pretraining collation. The processors themselves are defined in `modeling_alta/` (they ship to the Hub) and are
 re-exported here."""
 
-from modeling_alta.image_processing_alta import VIEW_NAMES, AltaImageProcessor
+from modeling_alta.configuration_alta import STUDY_SLOTS
+from modeling_alta.image_processing_alta import AltaImageProcessor
 from modeling_alta.processing_alta import AltaProcessor
 
 from .augment import AltaAugmentParams, apply_augment_params, augment_with_shared_params, sample_augment_params
@@ -13,7 +14,7 @@ from .reports import process_text, shuffle_sentences, split_sentences, tokenize_
 
 __all__ = [
     "IGNORE_INDEX",
-    "VIEW_NAMES",
+    "STUDY_SLOTS",
     "AltaAugmentParams",
     "AltaImageProcessor",
     "AltaPretrainingCollator",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling_alta.image_processing_alta import VIEW_NAMES
+from modeling_alta.configuration_alta import STUDY_SLOTS
 from modeling_alta.processing_alta import DEFAULT_MAX_LENGTH, AltaProcessor
 
 from .reports import shuffle_sentences
@@ -151,7 +151,7 @@ class AltaPretrainingCollator:
                     raise ValueError(f"sample {index}: 'report' must be a non-empty string; got {report!r}")
                 if sample.get("frontal") is None:
                     raise ValueError(f"sample {index}: no frontal view ('frontal' is missing or None)")
-                study = {name: sample.get(name) for name in VIEW_NAMES}
+                study = {name: sample.get(name) for name in STUDY_SLOTS}
                 try:
                     # Decode now, so that an unreadable file drops this sample instead of failing the whole batch.
                     # (A missing pydicom raises ImportError and is not caught: it would drop every DICOM.)

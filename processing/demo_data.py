@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from modeling_alta.configuration_alta import STUDY_SLOTS
+
 
 DEMO_CLASSES: tuple[str, ...] = (
     "Atelectasis",
@@ -48,7 +50,7 @@ DEMO_CLASSES: tuple[str, ...] = (
     "No Finding",
 )
 CHANGES: tuple[str, ...] = ("new", "worse", "better", "unchanged")
-IMAGE_COLUMNS: tuple[str, ...] = ("frontal", "lateral", "prior_frontal", "prior_lateral")
+IMAGE_COLUMNS: tuple[str, ...] = STUDY_SLOTS
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 # Wording of the change against the prior; every report of a study with a prior uses one of these phrases.

@@ -45,11 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from modeling_alta.configuration_alta import STUDY_SLOTS
+
 
 logger = logging.getLogger(__name__)
 
 #: The four image slots, in the model's slot order (current frontal, current lateral, prior frontal, prior lateral).
-VIEW_COLUMNS: tuple[str, ...] = ("frontal", "lateral", "prior_frontal", "prior_lateral")
+VIEW_COLUMNS: tuple[str, ...] = STUDY_SLOTS
 #: Identifier columns every study row carries (``None`` when the source does not know them).
 ID_COLUMNS: tuple[str, ...] = ("study_id", "subject_id")
 REPORT_COLUMN = "report"

@@ -661,6 +661,7 @@ def validate(model, processor, data_args: DataArguments, accelerator, step: int)
     """Zero-shot accuracy on a labelled validation split (`label` column): the class names are the prompts, and
     whole studies are scored through the multiview path."""
     from inference.zero_shot import ZeroShotClassifier
+    from modeling_alta.configuration_alta import STUDY_SLOTS
     from processing.datasets import load_study_dataset
 
     dataset = load_study_dataset(data_args.validation_path, split=data_args.validation_split)
@@ -669,8 +670,7 @@ def validate(model, processor, data_args: DataArguments, accelerator, step: int)
     labels = sorted(set(dataset["label"]))
     model.eval()
     classifier = ZeroShotClassifier(model, processor, {label: [label.lower()] for label in labels})
-    views = ("frontal", "lateral", "prior_frontal", "prior_lateral")
-    studies = [{v: row[v] for v in views} for row in dataset]
+    studies = [{v: row[v] for v in STUDY_SLOTS} for row in dataset]
     with torch.no_grad():
         predicted = classifier.predict(studies).labels
     accuracy = sum(p == y for p, y in zip(predicted, dataset["label"])) / max(len(dataset), 1)

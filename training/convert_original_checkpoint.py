@@ -224,7 +224,7 @@ def infer_config(
             reconstruction_image_size=grid * recon_patch,
         )
     if "view_embedding" in vision_sd:
-        vision["num_views"] = vision_sd["view_embedding"].shape[1]
+        vision["num_view_kinds"] = vision_sd["view_embedding"].shape[1]
         vision["num_times"] = vision_sd["temporal_embedding"].shape[1]
     text = {
         k: text_config[k]

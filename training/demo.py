@@ -33,12 +33,12 @@ if __package__ in (None, ""):
 
 import torch
 
+from modeling_alta.configuration_alta import STUDY_SLOTS
 from training import align
 
 
 logger = logging.getLogger("alta.demo")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VIEWS = ("lateral", "prior_frontal", "prior_lateral")
 
 
 def build_vocabulary(texts: list[str], folder: Path) -> Path:
@@ -74,7 +74,7 @@ def strip_boilerplate(report: str) -> str:
 
 def frontal_only(dataset):
     """The same studies with only the current frontal (the baseline without laterals and priors)."""
-    return dataset.map(lambda row: {view: None for view in VIEWS}, features=dataset.features)
+    return dataset.map(lambda row: {slot: None for slot in STUDY_SLOTS[1:]}, features=dataset.features)
 
 
 def run_align(name: str, out: Path, common: list[str], extra: list[str]) -> dict[str, Any]:

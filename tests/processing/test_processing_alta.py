@@ -88,7 +88,7 @@ def test_bad_studies_raise_with_the_study_index(processor):
         processor(images=[[None, FRONTAL]])
     with pytest.raises(ValueError, match=r"study 0: 5 views given but a study has at most 4"):
         processor(images=[[FRONTAL] * 5])
-    with pytest.raises(ValueError, match=r"study 0: unknown view name\(s\) \['pa', 'ap'\]"):
+    with pytest.raises(ValueError, match=r"study 0: unknown slot name\(s\) \['pa', 'ap'\]"):
         processor(images=[{"frontal": FRONTAL, "pa": FRONTAL, "ap": FRONTAL}])
     with pytest.raises(ValueError, match="mixes studies"):
         processor(images=[{"frontal": FRONTAL}, FRONTAL])
