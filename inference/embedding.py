@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modeling_alta.processing_alta import encode_texts
+
 from .store import EmbeddingStore, EmbeddingStoreWriter, Id
 
 
@@ -163,52 +165,6 @@ def embed_images(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def tokenize_texts(
-    tokenizer: Any,
-    texts: Sequence[str],
-    max_length: int,
-    clean_text: bool = False,
-    truncation: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Tokenise texts padded to `max_length`, as the reference's evaluation scripts do.
-
-    Args:
-        tokenizer: the CXR-BERT tokenizer.
-        texts: N strings; with `clean_text=True` each goes through `process_text` first (a text that cleans to
-            nothing gives `[CLS] [SEP]`, as in the reference).
-        max_length: padding length.
-        truncation: cut texts longer than `max_length`; `False` keeps them whole and pads the batch to the longest
-            instead (the reference tokenises retrieval texts with `truncation=False`; masked padding does not
-            change the [CLS] output, so the embeddings are those of the reference).
-
-    Returns:
-        `input_ids`, `attention_mask`, `token_type_ids`, long `[N, L]` with `L = max_length` (or longer when
-        `truncation=False` and a text needs it).
-    """
-    from modeling_alta.processing_alta import process_text
-
-    items = [texts] if isinstance(texts, str) else list(texts)
-    for i, text in enumerate(items):
-        if not isinstance(text, str):
-            raise TypeError(f"text {i}: expected a string; got {type(text).__name__} ({text!r})")
-    if clean_text:
-        items = [process_text(text) for text in items]
-    length = max_length
-    if not truncation:
-        longest = max(len(ids) for ids in tokenizer(items, add_special_tokens=True)["input_ids"])
-        length = max(max_length, longest)
-    encoded = tokenizer(
-        items,
-        padding="max_length",
-        max_length=length,
-        truncation=truncation,
-        return_tensors="pt",
-        return_token_type_ids=True,
-        return_attention_mask=True,
-    )
-    return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
 def default_text_length(model: Any) -> int:
     """The text length the model was trained with (`text_config.max_length`, 128 for ALTA)."""
     return int(getattr(_dual_encoder(model).config.text_config, "max_length", 128) or 128)
@@ -230,7 +186,7 @@ def embed_texts(
     Args:
         texts: N strings.
         max_length: padding length; default the model's training length (`text_config.max_length`).
-        clean_text, truncation: see `tokenize_texts`.
+        clean_text, truncation: see `modeling_alta.processing_alta.encode_texts`.
         normalize: L2-normalise (reports and queries); `False` for prompt-ensemble means.
 
     Returns:
@@ -245,7 +201,9 @@ def embed_texts(
     device = _device(model)
     out = []
     for batch in _batches(items, batch_size):
-        enc = tokenize_texts(tokenizer, batch, length, clean_text=clean_text, truncation=truncation)
+        enc = encode_texts(
+            tokenizer, batch, length, truncation=truncation, clean_text=clean_text, allow_empty=True, return_tensors="pt"
+        )
         limit = model.config.text_config.max_position_embeddings
         if enc["input_ids"].shape[1] > limit:
             raise ValueError(
@@ -346,5 +304,4 @@ __all__ = [
     "embed_texts",
     "load_model_and_processor",
     "pixel_inputs",
-    "tokenize_texts",
 ]
