@@ -202,7 +202,13 @@ def embed_texts(
     out = []
     for batch in _batches(items, batch_size):
         enc = encode_texts(
-            tokenizer, batch, length, truncation=truncation, clean_text=clean_text, allow_empty=True, return_tensors="pt"
+            tokenizer,
+            batch,
+            length,
+            truncation=truncation,
+            clean_text=clean_text,
+            allow_empty=True,
+            return_tensors="pt",
         )
         limit = model.config.text_config.max_position_embeddings
         if enc["input_ids"].shape[1] > limit:
