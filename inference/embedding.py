@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modeling_alta.modeling_alta import unwrap_alta_model
 from modeling_alta.processing_alta import encode_texts
 
 from .store import EmbeddingStore, EmbeddingStoreWriter, Id
@@ -32,19 +33,6 @@ from .store import EmbeddingStore, EmbeddingStoreWriter, Id
 # ---------------------------------------------------------------------------------------------------------------
 # 1. Loading
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _dual_encoder(model: Any) -> Any:
-    """The `AltaModel` inside whatever was given: an `AltaModel`, an `AltaForPreTraining` (its `.alta`), or either
-    loaded as Hub custom code (a `transformers_modules` class, recognised by its methods)."""
-    if hasattr(model, "alta") and hasattr(model.alta, "get_image_features"):
-        model = model.alta
-    for name in ("get_image_features", "get_text_features", "get_image_patch_features", "get_text_token_features"):
-        if not callable(getattr(model, name, None)):
-            raise TypeError(
-                f"expected an ALTA model (AltaModel or AltaForPreTraining); {type(model).__name__} has no {name}()"
-            )
-    return model
 
 
 def load_model_and_processor(
@@ -74,7 +62,7 @@ def load_model_and_processor(
     else:
         loaded = model
         folder = Path(getattr(model, "name_or_path", "") or "")
-    loaded = _dual_encoder(loaded)
+    loaded = unwrap_alta_model(loaded, "dual_encoder")
     if processor is None:
         if not str(folder) or not ((folder / "processor_config.json").is_file() or (folder / "vocab.txt").is_file()):
             raise ValueError(
@@ -140,7 +128,7 @@ def embed_images(
     Returns:
         float32 `[N, P]` on the CPU.
     """
-    model = _dual_encoder(model)
+    model = unwrap_alta_model(model, "dual_encoder")
     device = _device(model)
     if isinstance(images, torch.Tensor):
         batches: Iterable[dict[str, torch.Tensor]] = ({"pixel_values": b} for b in images.split(batch_size))
@@ -167,7 +155,7 @@ def embed_images(
 
 def default_text_length(model: Any) -> int:
     """The text length the model was trained with (`text_config.max_length`, 128 for ALTA)."""
-    return int(getattr(_dual_encoder(model).config.text_config, "max_length", 128) or 128)
+    return int(getattr(unwrap_alta_model(model, "dual_encoder").config.text_config, "max_length", 128) or 128)
 
 
 @torch.no_grad()
@@ -192,7 +180,7 @@ def embed_texts(
     Returns:
         float32 `[N, P]` on the CPU.
     """
-    model = _dual_encoder(model)
+    model = unwrap_alta_model(model, "dual_encoder")
     tokenizer = getattr(processor, "tokenizer", processor)
     length = max_length or default_text_length(model)
     items = [texts] if isinstance(texts, str) else list(texts)

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modeling_alta.modeling_alta import unwrap_alta_model
 from modeling_alta.processing_alta import encode_texts
 
-from .embedding import _device, _dual_encoder, default_text_length, pixel_inputs
+from .embedding import _device, default_text_length, pixel_inputs
 
 
 def model_view(processor: Any, image: Any, dicom_rule: str | None = None) -> Any:
@@ -58,7 +59,7 @@ def word_patch_similarity(
         raise ValueError(f"`reduction` must be 'mean' or 'max'; got {reduction!r}")
     if not isinstance(phrase, str) or not phrase.strip():
         raise ValueError(f"`phrase` must be a non-empty string; got {phrase!r}")
-    model = _dual_encoder(model)
+    model = unwrap_alta_model(model, "dual_encoder")
     device = _device(model)
     pixels = pixel_inputs(processor, [image], dicom_rule)["pixel_values"]
     if pixels.dim() != 4:
