@@ -1660,7 +1660,6 @@ class AltaForPreTraining(AltaPreTrainedModel):
         return hidden[:, 0, 1:]
 
 
-
 def unwrap_alta_model(model: nn.Module, to: str = "alta") -> nn.Module:
     """The ALTA model inside whatever training or inference wrapped around it: the one unwrap helper.
 
@@ -1694,6 +1693,7 @@ def unwrap_alta_model(model: nn.Module, to: str = "alta") -> nn.Module:
                     f"expected an ALTA model (AltaModel or AltaForPreTraining); {type(model).__name__} has no {name}()"
                 )
     return model
+
 
 __all__ = [
     "AltaForPreTraining",
