@@ -61,10 +61,8 @@ def test_store_reads_version_1_layout(tmp_path):
         {"file": f"shard-0000{i}.safetensors", "ids_file": f"shard-0000{i}.ids.json", "count": n}
         for i, n in enumerate((3, 2))
     ]
-    (folder / "index.json").write_text(
-        json.dumps({"format": "alta-embedding-store", "version": 1, "dim": 4, "dtype": "float32", "count": 5,
-                    "shards": shards})  # fmt: skip
-    )
+    index = {"format": "alta-embedding-store", "version": 1, "dim": 4, "dtype": "float32", "count": 5}
+    (folder / "index.json").write_text(json.dumps({**index, "shards": shards}))
     store = EmbeddingStore(folder)
     assert store.ids == ["a", "b", "c", 4, 5] and torch.equal(store.load(), emb)
     assert exact_topk(emb[4:5], store, k=1).ids == [[5]]
