@@ -82,6 +82,8 @@ def test_symlinks_are_not_followed(tmp_path):
     root.mkdir()
     (root / "linked").symlink_to(outside, target_is_directory=True)
     archive = scan_dicom_archive(root)
-    assert archive.studies == [] and [u.reason for u in archive.unusable] == ["symbolic link to a folder (not followed)"]
+    assert archive.studies == [] and [u.reason for u in archive.unusable] == [
+        "symbolic link to a folder (not followed)"
+    ]
     with pytest.raises(FileNotFoundError, match="not found"):
         scan_dicom_archive(tmp_path / "missing")
