@@ -47,6 +47,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -62,7 +63,7 @@ import torch.nn.functional as F
 from modeling_alta.configuration_alta import STUDY_SLOTS
 from modeling_alta.pipeline_alta import pooled_embeddings
 
-from .embedding import load_model_and_processor, progress_bar
+from .embedding import progress_bar
 from .store import (
     INDEX_FILE,
     SHARD_FORMAT,
@@ -384,11 +385,32 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def files_digest(inputs: ArchiveInputs) -> str:
+    """A digest of the size and modification time of every file the inputs name (no file is opened), so a resumed
+    run notices a file that changed since the first attempt."""
+    paths: set[str] = set()
+    for value in inputs.values:
+        if isinstance(value, str):
+            paths.add(value)
+        elif isinstance(value, dict):
+            paths.update(v for v in value.values() if isinstance(v, str))
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
 def run_fingerprint(inputs: ArchiveInputs, weights: str, processor_config: dict[str, Any], settings: dict) -> str:
-    """What the embeddings depend on: the ordered inputs, the weights, the image processor and the settings."""
+    """What the embeddings depend on: the ordered inputs (and their files' sizes and times), the weights, the image
+    processor and the settings."""
     digest = hashlib.sha256()
     payload = {"unit": inputs.unit, "ids": inputs.ids, "values": inputs.values, "source": inputs.source.get("kind"),
-               "dataset": inputs.source.get("fingerprint"), "image_column": inputs.source.get("image_column")}  # fmt: skip
+               "dataset": inputs.source.get("fingerprint"), "image_column": inputs.source.get("image_column"),
+               "files": files_digest(inputs)}  # fmt: skip
     for part in (payload, weights, processor_config, settings):
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()
@@ -425,14 +447,22 @@ def read_part(path: Path, fingerprint: str, expected_ids: Sequence[str]) -> tupl
 
 @dataclass
 class RunStats:
+    """What one process did; `steady_items` / `steady_seconds` time the inputs after the first batch (the rate once
+    the workers and the model are warm)."""
+
     embedded: int = 0
     skipped: int = 0
     forward_calls: int = 0
     parts_written: int = 0
     parts_reused: int = 0
+    steady_items: int = 0
+    steady_seconds: float = 0.0
+
+    COUNTS = ("embedded", "skipped", "forward_calls", "parts_written", "parts_reused")
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.embedded, self.skipped, self.forward_calls, self.parts_written, self.parts_reused])
+        rate = self.steady_items / self.steady_seconds if self.steady_seconds > 0 else 0.0
+        return torch.tensor([*(float(getattr(self, k)) for k in self.COUNTS), rate], dtype=torch.float64)
 
 
 def _prepare_folder(output: Path, inputs_json: dict[str, Any], manifest: dict[str, Any], overwrite: bool) -> None:
@@ -520,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scan-workers", type=int, default=1, help="DICOM: processes reading headers")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --output first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-fail-fast", dest="fail_fast", action="store_false",
+                        help=f"go on even when a process's first {FAIL_FAST_AFTER} inputs all fail")  # fmt: skip
     parser.add_argument("--timeout-hours", type=float, default=24.0,
                         help="how long a process waits for the others at the end (%(default)s h)")  # fmt: skip
     return parser
@@ -540,6 +572,19 @@ def _accelerator(args: argparse.Namespace):
             "launch with `accelerate launch --multi_gpu --num_processes N ... --cpu`"
         )
     return accelerator
+
+
+def load_image_model(folder: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """The dual encoder (eval mode, on `device`) and the image processor of a model folder; no tokenizer needed."""
+    from modeling_alta import AltaImageProcessor, AltaModel
+    from modeling_alta.modeling_alta import unwrap_alta_model
+
+    folder = Path(folder)
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not an ALTA model folder: {name} is missing")
+    model = unwrap_alta_model(AltaModel.from_pretrained(folder), "dual_encoder").to(device).eval()
+    return model, AltaImageProcessor.from_pretrained(folder)
 
 
 def _broadcast(accelerator, value: Any) -> Any:
@@ -572,13 +617,19 @@ def embed_parts(
     current: dict[str, Any] = {"embeds": [], "ids": [], "skipped": [], "done": 0}
     logged = 0
     seen = 0
+    first_errors: list[tuple[str, str]] = []
     with progress_bar(
         len(positions),
         {"image": "alta-embed (images)", "study": "alta-embed (studies)"}[inputs.unit],
         inputs.unit,
         not args.no_progress,
     ) as bar:
+        started = None
         for batch in loader:
+            if started is None:
+                started = time.perf_counter()
+            else:
+                stats.steady_items += len(batch["positions"])
             embeds = None
             if batch["ok_positions"]:
                 pixels = batch["pixel_values"].to(device, non_blocking=True)
@@ -596,6 +647,8 @@ def embed_parts(
                 if position in errors:
                     current["skipped"].append([inputs.ids[position], errors[position]])
                     stats.skipped += 1
+                    if len(first_errors) < 3:
+                        first_errors.append((inputs.ids[position], errors[position]))
                     if logged < _LOGGED_FAILURES:
                         logger.warning("skipped %s: %s", inputs.ids[position], errors[position])
                         logged += 1
@@ -608,13 +661,16 @@ def embed_parts(
                     _write_part(output, queue.pop(0), current, dim, fingerprint)
                     stats.parts_written += 1
                     current = {"embeds": [], "ids": [], "skipped": [], "done": 0}
-            if stats.embedded == 0 and seen >= min(FAIL_FAST_AFTER, len(positions)):
-                reasons = "; ".join(f"{i}: {r}" for i, r in current["skipped"][:3])
+            if args.fail_fast and stats.embedded == 0 and seen >= min(FAIL_FAST_AFTER, len(positions)):
+                reasons = "; ".join(f"{i}: {r}" for i, r in first_errors)
                 raise RuntimeError(
-                    f"process {accelerator.process_index}: the first {seen} inputs all failed ({reasons})"
+                    f"process {accelerator.process_index}: the first {seen} inputs all failed ({reasons}); check "
+                    "--unit, --source and the DICOM extra, or pass --no-fail-fast to go on (finished parts are kept)"
                 )
             bar.update(len(batch["positions"]))
             bar.set_postfix(skipped=stats.skipped, refresh=False)
+    if started is not None:
+        stats.steady_seconds = time.perf_counter() - started
     if stats.skipped > logged:
         logger.warning("process %d skipped %d inputs in all; see %s", accelerator.process_index, stats.skipped,
                        output / SKIPPED_FILE)  # fmt: skip
@@ -662,8 +718,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     accelerator = _accelerator(args)
     output = Path(args.output).expanduser()
-    model, processor = load_model_and_processor(args.model, device=accelerator.device)
-    image_processor = getattr(processor, "image_processor", processor)
+    model, image_processor = load_image_model(args.model, accelerator.device)
 
     # 1. Inputs and the run's fingerprint, on the main process; the others read them.
     payload = None
@@ -709,13 +764,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # 3. Everyone done: the main process checks and publishes.
     totals = stats.as_tensor()
     if accelerator.num_processes > 1:
+        # float64 sums are exact for these counts; the processes' steady rates add up
         totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
     accelerator.wait_for_everyone()
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         summary = publish(output, inputs, parts, fingerprint, int(model.config.projection_dim))
-        summary.update(dict(zip(("embedded_this_run", "skipped_this_run", "forward_calls", "parts_written",
-                                 "parts_reused"), totals.tolist())))  # fmt: skip
+        counts = [int(v) for v in totals[:-1].tolist()]
+        names = ("embedded_this_run", "skipped_this_run", "forward_calls", "parts_written", "parts_reused")
+        summary.update(zip(names, counts))
+        summary["inputs_per_second"] = round(float(totals[-1]), 3)
         summary.update({"processes": accelerator.num_processes, "parts": len(parts), "store": str(output)})
         print("alta-embed summary: " + json.dumps(summary), flush=True)
     accelerator.wait_for_everyone()
