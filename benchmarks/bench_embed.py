@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      threads)  # fmt: skip
                 rate = summary["inputs_per_second"]
                 rows.append([n, dtype, batch, threads, reference, rate, rate / reference])
+                print(f"- measured: {n} process(es), {dtype}: model only {reference:.2f} img/s, alta-embed "
+                      f"{rate:.2f} img/s, ratio {rate / reference:.3f}", flush=True)  # fmt: skip
                 results.append({"processes": n, "dtype": dtype, "batch": batch, "threads": threads,
                                 "model_only": reference, "alta_embed": rate, "ratio": rate / reference})  # fmt: skip
     print("\n## alta-embed throughput against the model alone\n")
