@@ -7,8 +7,9 @@ For each process count (1, 2) and dtype (fp32, bf16 autocast) it measures:
 - **alta-embed**: the command itself (one process, or `accelerate launch` with N) on a folder of PNG files: listing,
   decoding in DataLoader workers, the forward, writing the parts; images/s is the steady rate the command reports
   (`inputs_per_second`: inputs after each process's first batch over the time they took, summed over processes);
-- the ratio of the two. Decoding must not be the bottleneck: the target is >= 0.9. On a GPU the decoding runs on
-  the CPU cores beside the model; on a CPU the workers and the model share the cores, so expect less there.
+- the ratio of the two, in alternating rounds (the median of the per-round ratios; the rates are the best rounds).
+  Decoding must not be the bottleneck: the target is >= 0.9. On a GPU the decoding runs on the CPU cores beside the
+  model; on a CPU the workers and the model share the cores, so expect less there.
 
 The images are synthetic PNG radiographs (smooth anatomy-like shading plus noise) of `--image-size` pixels, or your
 own folder with `--images`. Random weights of the `alta-base` preset (`alta-tiny` and small images for `--quick`).
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=None, help="synthetic image side (default 1024; quick 96)")
     parser.add_argument("--images", default=None, help="a folder of PNG/JPEG files instead of synthetic ones")
     parser.add_argument("--num-workers", type=int, default=None, help="decoding workers per process (default 2)")
-    parser.add_argument("--model-batches", type=int, default=None, help="timed model-only batches (default 6)")
+    parser.add_argument("--model-batches", type=int, default=None, help="timed model-only batches (default 4)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (default 3; quick 1)")
     args = parser.parse_args(argv)
     device = setup(args)
     quick = args.quick
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     count = args.count or (16 if quick else 256)
     size = args.image_size or (96 if quick else 1024)
     workers = args.num_workers if args.num_workers is not None else (1 if quick else 2)
-    model_batches = args.model_batches or (2 if quick else 6)
+    model_batches = args.model_batches or (2 if quick else 4)
+    rounds = args.rounds or (1 if quick else 3)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     print("# bench_embed " + ("(--quick, alta-tiny)" if quick else "(alta-base, random weights)"))
@@ -175,22 +179,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
             start = time.perf_counter()
             write_images(images, count, size, args.seed)
             print(f"- {count} synthetic PNGs of {size}x{size} written in {time.perf_counter() - start:.1f} s")
-        print(f"- batch {batch}, {workers} decoding worker(s) per process, {model_batches} timed model-only batches")
+        print(f"- batch {batch}, {workers} decoding worker(s) per process, {model_batches} timed model-only batches, "
+              f"{rounds} alternating round(s): best rates, median of the per-round ratios")  # fmt: skip
         for n in processes:
             # Threads per process: the cores shared out (a CPU run), torch's choice on a GPU.
             threads = args.threads or max(1, cores // n) if device.type == "cpu" else args.threads or cores
             for dtype in dtypes:
-                reference = model_only(tmp / "model", device.type, n, batch, model_batches, dtype, threads)
-                summary = alta_embed(tmp / "model", images, tmp / "store", device.type, n, batch, dtype, workers,
-                                     threads)  # fmt: skip
-                rate = summary["inputs_per_second"]
-                rows.append([n, dtype, batch, threads, reference, rate, rate / reference])
-                print(f"- measured: {n} process(es), {dtype}: model only {reference:.2f} img/s, alta-embed "
-                      f"{rate:.2f} img/s, ratio {rate / reference:.3f}", flush=True)  # fmt: skip
+                # Peers alternate round by round (the order flips each round), so each round's ratio compares runs
+                # that saw about the same machine load; the ratio is the median of the per-round ratios.
+                references, rates = [], []
+                for r in range(rounds):
+                    for task in ("model", "embed") if r % 2 == 0 else ("embed", "model"):
+                        if task == "model":
+                            references.append(model_only(tmp / "model", device.type, n, batch, model_batches, dtype,
+                                                         threads))  # fmt: skip
+                        else:
+                            summary = alta_embed(tmp / "model", images, tmp / "store", device.type, n, batch, dtype,
+                                                 workers, threads)  # fmt: skip
+                            rates.append(summary["inputs_per_second"])
+                ratio = statistics.median(e / m for e, m in zip(rates, references))
+                rows.append([n, dtype, batch, threads, max(references), max(rates), ratio])
                 results.append({"processes": n, "dtype": dtype, "batch": batch, "threads": threads,
-                                "model_only": reference, "alta_embed": rate, "ratio": rate / reference})  # fmt: skip
+                                "model_only": references, "alta_embed": rates, "ratio": ratio})  # fmt: skip
+                print(f"- measured: {n} process(es), {dtype}: model only {references} img/s, alta-embed {rates} "
+                      f"img/s, median ratio {ratio:.3f}", flush=True)  # fmt: skip
     print("\n## alta-embed throughput against the model alone\n")
-    headers = ["processes", "dtype", "batch", "threads/process", "model-only img/s", "alta-embed img/s", "ratio"]
+    headers = [
+        "processes",
+        "dtype",
+        "batch",
+        "threads/process",
+        "model-only img/s",
+        "alta-embed img/s",
+        "ratio (median)",
+    ]
     print(markdown_table(headers, rows))
     return results
 
