@@ -22,7 +22,7 @@ ImageLike = Image.Image | np.ndarray
 Item = ImageLike | str  # a retrieval query or hit: an image, or a report text
 
 
-def _figure(width: float, height: float, dpi: int):
+def _figure(width: float, height: float, dpi: int, layout: str | None = None):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -31,7 +31,7 @@ def _figure(width: float, height: float, dpi: int):
             "evaluation.plots needs matplotlib; install it with `pip install matplotlib` or the `eval` extra "
             "(`pip install -e .[eval]`)"
         ) from err
-    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -248,7 +248,7 @@ def similarity_heatmap_figure(
     gray = _as_gray(image)
     sim = np.asarray(similarity, dtype=np.float32)
     overlay = similarity_overlay(sim, gray.shape, vmax=vmax, alpha=alpha, cmap=cmap)
-    fig = _figure(7.0, 3.9, dpi)
+    fig = _figure(7.4, 3.9, dpi, layout="constrained")  # keeps the colour bar and caption inside the canvas
     left = fig.add_subplot(1, 2, 1)
     left.imshow(gray, cmap="gray", vmin=0, vmax=1)
     left.set_title("image", fontsize=9)
@@ -258,9 +258,10 @@ def similarity_heatmap_figure(
     scale = ScalarMappable(norm=Normalize(-vmax, vmax), cmap=cmap)
     fig.colorbar(scale, ax=right, fraction=0.046, pad=0.04, label=f"cosine similarity (fixed scale ±{vmax:g})")
     right.set_title(textwrap.shorten(f'"{phrase}"', 60) if phrase else "similarity", fontsize=9)
-    right.set_xlabel(
-        f"this map: min {sim.min():.3f}, mean {sim.mean():.3f}, max {sim.max():.3f}; opacity grows with |cosine|",
-        fontsize=7,
+    fig.supxlabel(
+        f"this map: min {sim.min():.3f}, mean {sim.mean():.3f}, max {sim.max():.3f} (cosine); "
+        f"colours fixed on [-{vmax:g}, {vmax:g}], opacity grows with |cosine|",
+        fontsize=8,
     )
     for ax in (left, right):
         ax.set_xticks([])

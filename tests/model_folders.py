@@ -38,3 +38,43 @@ def tiny_preset_model(parity_dir: Path, output: Path, seed: int = 0) -> Path:
     tokenizer = BertTokenizer.from_pretrained(parity_dir / "BiomedVLP-CXR-BERT-specialized")
     AltaProcessor(image_processor=AltaImageProcessor(), tokenizer=tokenizer).save_pretrained(output)
     return output
+
+
+def demo_preset_model(output: Path, seed: int = 0) -> Path:
+    """An untrained `alta-demo` preset model (the sizes `python -m training.demo` trains) saved into `output` with
+    a processor built as the demo builds it: a word-level vocabulary of the demo reports and prompts, and the image
+    processor scaled to the model (146-px resize, 128-px crop). Needs no goldens."""
+    import numpy as np
+    import torch
+
+    from configuration import load_preset
+    from modeling_alta import AltaModel, AltaProcessor
+    from processing.demo_data import DEMO_CLASSES, demo_class_prompts, generate_study, strip_boilerplate
+    from training.align import image_processor_for
+    from training.demo import build_vocabulary
+
+    reports = [
+        strip_boilerplate(generate_study(label, np.random.default_rng([seed, i]), image_size=32).report)
+        for i, label in enumerate(DEMO_CLASSES * 4)
+    ]
+    prompts = [p for ps in demo_class_prompts().values() for p in ps]
+    tokenizer_dir = build_vocabulary(reports + prompts, output / "tokenizer")
+    vocab_size = len((tokenizer_dir / "vocab.txt").read_text().splitlines())
+    config = load_preset("alta-demo")
+    config.text_config.vocab_size = vocab_size
+    torch.manual_seed(seed)
+    model = AltaModel(config).eval()
+    with torch.no_grad():
+        for adapter in model.alta_adapters():
+            for param in adapter.parameters():
+                param.normal_(0.0, 0.02)
+    folder = output / "model"
+    model.save_pretrained(folder)
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.model_max_length = config.text_config.max_length
+    processor = AltaProcessor(image_processor=image_processor_for(config), tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    return folder
