@@ -34,7 +34,11 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-DEFAULT_MODEL = HERE.parent / "outputs" / "demo" / "aligned" / "model"
+# A model bundled by `stage.py --model`, else the one `python -m training.demo` writes in a checkout.
+DEFAULT_MODEL = next(
+    (p for p in (HERE / "model", HERE.parent / "outputs" / "demo" / "aligned" / "model") if p.is_dir()),
+    HERE.parent / "outputs" / "demo" / "aligned" / "model",
+)
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom"]
 # Fixed colour scales of the heatmap (cosine units); none is chosen from the map itself.
 HEATMAP_SCALES = {"±1 (full cosine range)": 1.0, "±0.5": 0.5, "±0.25": 0.25}

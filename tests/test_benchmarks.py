@@ -18,7 +18,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = {
     "bench_inference.py": ["## Image embedding", "| dtype | batch | ALTA images/s", "## Arithmetic limit"],
-    "bench_onnx.py": ["## Image embedding on CPU", "| batch | PyTorch images/s | onnxruntime images/s", "- cpu flags:"],
+    "bench_onnx.py": [
+        "## Image embedding on CPU",
+        "| batch | PyTorch images/s | onnxruntime images/s",
+        "- cpu flags:",
+    ],
     "bench_training.py": ["## Training step", "## Where the step goes", "## Local loss"],
     "bench_zeroshot.py": ["## Zero-shot CheXpert 5x200", "| dtype | prompts s (once)"],
 }

@@ -15,6 +15,13 @@ GALLERY_SIZE = 12
 
 @pytest.fixture(scope="package")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained `alta-demo` model, or the model folder named by `ALTA_SPACE_MODEL` (e.g. the trained demo model,
+    `outputs/demo/aligned/model`, for screenshots that show what a person sees): every check compares the app with
+    direct calls on the same model, so any ALTA folder works."""
+    import os
+
+    if os.environ.get("ALTA_SPACE_MODEL"):
+        return Path(os.environ["ALTA_SPACE_MODEL"]).resolve()
     from ..model_folders import demo_preset_model
 
     return demo_preset_model(tmp_path_factory.mktemp("demo-model"))
