@@ -24,25 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modeling_alta.modeling_alta import unwrap_alta_model
+from modeling_alta.processing_alta import encode_texts
+
 from .store import EmbeddingStore, EmbeddingStoreWriter, Id
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. Loading
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _dual_encoder(model: Any) -> Any:
-    """The `AltaModel` inside whatever was given: an `AltaModel`, an `AltaForPreTraining` (its `.alta`), or either
-    loaded as Hub custom code (a `transformers_modules` class, recognised by its methods)."""
-    if hasattr(model, "alta") and hasattr(model.alta, "get_image_features"):
-        model = model.alta
-    for name in ("get_image_features", "get_text_features", "get_image_patch_features", "get_text_token_features"):
-        if not callable(getattr(model, name, None)):
-            raise TypeError(
-                f"expected an ALTA model (AltaModel or AltaForPreTraining); {type(model).__name__} has no {name}()"
-            )
-    return model
 
 
 def _is_hub_id(name: str) -> bool:
@@ -88,7 +78,7 @@ def load_model_and_processor(
     else:
         loaded = model
         folder = Path(getattr(model, "name_or_path", "") or "")
-    loaded = _dual_encoder(loaded)
+    loaded = unwrap_alta_model(loaded, "dual_encoder")
     if processor is None:
         if not str(folder) or not ((folder / "processor_config.json").is_file() or (folder / "vocab.txt").is_file()):
             raise ValueError(
@@ -154,7 +144,7 @@ def embed_images(
     Returns:
         float32 `[N, P]` on the CPU.
     """
-    model = _dual_encoder(model)
+    model = unwrap_alta_model(model, "dual_encoder")
     device = _device(model)
     if isinstance(images, torch.Tensor):
         batches: Iterable[dict[str, torch.Tensor]] = ({"pixel_values": b} for b in images.split(batch_size))
@@ -179,55 +169,9 @@ def embed_images(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def tokenize_texts(
-    tokenizer: Any,
-    texts: Sequence[str],
-    max_length: int,
-    clean_text: bool = False,
-    truncation: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Tokenise texts padded to `max_length`, as the reference's evaluation scripts do.
-
-    Args:
-        tokenizer: the CXR-BERT tokenizer.
-        texts: N strings; with `clean_text=True` each goes through `process_text` first (a text that cleans to
-            nothing gives `[CLS] [SEP]`, as in the reference).
-        max_length: padding length.
-        truncation: cut texts longer than `max_length`; `False` keeps them whole and pads the batch to the longest
-            instead (the reference tokenises retrieval texts with `truncation=False`; masked padding does not
-            change the [CLS] output, so the embeddings are those of the reference).
-
-    Returns:
-        `input_ids`, `attention_mask`, `token_type_ids`, long `[N, L]` with `L = max_length` (or longer when
-        `truncation=False` and a text needs it).
-    """
-    from modeling_alta.processing_alta import process_text
-
-    items = [texts] if isinstance(texts, str) else list(texts)
-    for i, text in enumerate(items):
-        if not isinstance(text, str):
-            raise TypeError(f"text {i}: expected a string; got {type(text).__name__} ({text!r})")
-    if clean_text:
-        items = [process_text(text) for text in items]
-    length = max_length
-    if not truncation:
-        longest = max(len(ids) for ids in tokenizer(items, add_special_tokens=True)["input_ids"])
-        length = max(max_length, longest)
-    encoded = tokenizer(
-        items,
-        padding="max_length",
-        max_length=length,
-        truncation=truncation,
-        return_tensors="pt",
-        return_token_type_ids=True,
-        return_attention_mask=True,
-    )
-    return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
 def default_text_length(model: Any) -> int:
     """The text length the model was trained with (`text_config.max_length`, 128 for ALTA)."""
-    return int(getattr(_dual_encoder(model).config.text_config, "max_length", 128) or 128)
+    return int(getattr(unwrap_alta_model(model, "dual_encoder").config.text_config, "max_length", 128) or 128)
 
 
 @torch.no_grad()
@@ -246,13 +190,13 @@ def embed_texts(
     Args:
         texts: N strings.
         max_length: padding length; default the model's training length (`text_config.max_length`).
-        clean_text, truncation: see `tokenize_texts`.
+        clean_text, truncation: see `modeling_alta.processing_alta.encode_texts`.
         normalize: L2-normalise (reports and queries); `False` for prompt-ensemble means.
 
     Returns:
         float32 `[N, P]` on the CPU.
     """
-    model = _dual_encoder(model)
+    model = unwrap_alta_model(model, "dual_encoder")
     tokenizer = getattr(processor, "tokenizer", processor)
     length = max_length or default_text_length(model)
     items = [texts] if isinstance(texts, str) else list(texts)
@@ -261,7 +205,15 @@ def embed_texts(
     device = _device(model)
     out = []
     for batch in _batches(items, batch_size):
-        enc = tokenize_texts(tokenizer, batch, length, clean_text=clean_text, truncation=truncation)
+        enc = encode_texts(
+            tokenizer,
+            batch,
+            length,
+            truncation=truncation,
+            clean_text=clean_text,
+            allow_empty=True,
+            return_tensors="pt",
+        )
         limit = model.config.text_config.max_position_embeddings
         if enc["input_ids"].shape[1] > limit:
             raise ValueError(
@@ -362,5 +314,4 @@ __all__ = [
     "embed_texts",
     "load_model_and_processor",
     "pixel_inputs",
-    "tokenize_texts",
 ]

@@ -8,7 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .embedding import _device, _dual_encoder, default_text_length, pixel_inputs, tokenize_texts
+from modeling_alta.modeling_alta import unwrap_alta_model
+from modeling_alta.processing_alta import encode_texts
+
+from .embedding import _device, default_text_length, pixel_inputs
 
 
 def model_view(processor: Any, image: Any, dicom_rule: str | None = None) -> Any:
@@ -56,14 +59,14 @@ def word_patch_similarity(
         raise ValueError(f"`reduction` must be 'mean' or 'max'; got {reduction!r}")
     if not isinstance(phrase, str) or not phrase.strip():
         raise ValueError(f"`phrase` must be a non-empty string; got {phrase!r}")
-    model = _dual_encoder(model)
+    model = unwrap_alta_model(model, "dual_encoder")
     device = _device(model)
     pixels = pixel_inputs(processor, [image], dicom_rule)["pixel_values"]
     if pixels.dim() != 4:
         raise ValueError(f"the heatmap needs one image, not a study; got pixel_values of shape {tuple(pixels.shape)}")
     patches = F.normalize(model.get_image_patch_features(pixels.to(device))[0].float(), dim=-1)  # [N, P]
     tokenizer = getattr(processor, "tokenizer", processor)
-    enc = tokenize_texts(tokenizer, [phrase], default_text_length(model))
+    enc = encode_texts(tokenizer, [phrase], default_text_length(model), return_tensors="pt")
     tokens = model.get_text_token_features(**{k: v.to(device) for k, v in enc.items()})[0].float()  # [L, P]
     n_tokens = int(enc["attention_mask"][0].sum())
     if n_tokens <= 2:

@@ -179,12 +179,12 @@ class OnnxAltaEncoder:
         clean_text: bool = False,
         truncation: bool = True,
     ) -> np.ndarray:
-        """Embed reports or prompts as `inference.embed_texts` does (same tokenisation settings).
+        """Embed reports or prompts as `inference.embed_texts` does (same tokenisation, `encode_texts`).
 
         Returns:
             float32 `[N, P]`, L2-normalised unless `normalize=False`.
         """
-        from .embedding import tokenize_texts
+        from modeling_alta.processing_alta import encode_texts
 
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
@@ -193,7 +193,15 @@ class OnnxAltaEncoder:
         length = max_length or int(self.manifest["text_max_length"])
         out = []
         for batch in _batches(items, batch_size):
-            enc = tokenize_texts(tokenizer, batch, length, clean_text=clean_text, truncation=truncation)
+            enc = encode_texts(
+                tokenizer,
+                batch,
+                length,
+                truncation=truncation,
+                clean_text=clean_text,
+                allow_empty=True,  # as `embed_texts`: a prompt that cleans to nothing is `[CLS] [SEP]`
+                return_tensors="pt",
+            )
             out.append(self.text_features(*(enc[k].numpy() for k in TEXT_INPUTS)))
         embeds = np.concatenate(out).astype(np.float32)
         return _normalize(embeds) if normalize else embeds

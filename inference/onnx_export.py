@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from modeling_alta.configuration_alta import STUDY_SLOTS
+from modeling_alta.processing_alta import encode_texts
 
-from .embedding import default_text_length, load_model_and_processor, tokenize_texts
+from .embedding import default_text_length, load_model_and_processor
 
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ def example_inputs(model: Any, processor: Any, tower: str, batch: int, seed: int
     if tower == "text":
         tokenizer = getattr(processor, "tokenizer", processor)
         texts = [_EXAMPLE_TEXTS[i % len(_EXAMPLE_TEXTS)] for i in range(batch)]
-        return tokenize_texts(tokenizer, texts, default_text_length(model))
+        enc = encode_texts(tokenizer, texts, default_text_length(model), return_tensors="pt")
+        return {name: enc[name] for name in TEXT_INPUTS}
     raise ValueError(f"unknown tower {tower!r}; choose from {TOWERS}")
 
 

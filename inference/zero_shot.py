@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from modeling_alta.image_processing_alta import is_single_input
+from modeling_alta.modeling_alta import unwrap_alta_model
 
 from .arrays import ArrayLike, as_1d_array, as_float_tensor, check_same_length, l2_normalize
-from .embedding import _dual_encoder, embed_images, embed_texts
+from .embedding import embed_images, embed_texts
 
 
 def prompt_preset(name: str) -> dict[str, list[str]]:
@@ -189,7 +190,7 @@ class ZeroShotClassifier:
     ) -> None:
         from processing.prompts import validate_prompt_ensemble
 
-        self.model = _dual_encoder(model)
+        self.model = unwrap_alta_model(model, "dual_encoder")
         self.processor = processor
         prompts = prompt_preset(class_prompts) if isinstance(class_prompts, str) else class_prompts
         self.class_prompts = validate_prompt_ensemble(prompts)

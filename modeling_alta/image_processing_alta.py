@@ -354,6 +354,23 @@ class AltaImageProcessor(BaseImageProcessor):
         if self.dicom_rule not in DICOM_RULES:
             raise ValueError(f"`dicom_rule` must be one of {DICOM_RULES}; got {self.dicom_rule!r}")
 
+    @classmethod
+    def for_vision_config(cls, vision_config: Any, **kwargs: Any) -> AltaImageProcessor:
+        """The reference transform scaled to a model's sizes: crops of `image_size` and `reconstruction_image_size`
+        from resizes to 256/224 and 512/448 of them (at base size: 256 → 224 and 512 → 448).
+
+        Args:
+            vision_config: an `AltaVisionConfig` (or anything with `image_size` and `reconstruction_image_size`).
+            kwargs: other `AltaImageProcessor` arguments.
+        """
+        return cls(
+            shortest_edge=round(vision_config.image_size * 256 / 224),
+            crop_size=vision_config.image_size,
+            reconstruction_shortest_edge=round(vision_config.reconstruction_image_size * 512 / 448),
+            reconstruction_crop_size=vision_config.reconstruction_image_size,
+            **kwargs,
+        )
+
     @staticmethod
     def _validate(shortest_edge: int, crop_size: int, rec_edge: int, rec_crop: int) -> None:
         for name, value in (
@@ -410,7 +427,7 @@ class AltaImageProcessor(BaseImageProcessor):
         *,
         train: bool = False,
         seed: int | None = None,
-        generator: np.random.Generator | None = None,
+        generator: np.random.Generator | Sequence[np.random.Generator] | None = None,
         return_reconstruction: bool | None = None,
         shortest_edge: int | None = None,
         crop_size: int | None = None,
@@ -431,7 +448,8 @@ class AltaImageProcessor(BaseImageProcessor):
                 zoom 0.95–1.05, shear ±10°, then brightness/contrast 0.8–1.2). In a study the current and prior
                 frontal share one draw and the current and prior lateral share another (`augment_with_shared_params`).
             seed (`int`, *optional*) / generator (`np.random.Generator`, *optional*): randomness for `train=True`;
-                a fixed seed gives identical outputs. Without either, a fresh unseeded generator is used.
+                a fixed seed gives identical outputs. Without either, a fresh unseeded generator is used. A list of
+                generators, one per image or study, gives each item its own draws (independent of its batch).
             return_reconstruction (`bool`, *optional*, defaults to `train`): also return the frontal at the
                 reconstruction size, `reconstruction_pixel_values` `[B, 3, 448, 448]` (slot 0 of a study, or the
                 image itself), with the same augmentation draw as slot 0.
@@ -457,11 +475,15 @@ class AltaImageProcessor(BaseImageProcessor):
         dicom_rule = dicom_rule or self.dicom_rule
         if return_reconstruction is None:
             return_reconstruction = train
-        rng = None
-        if train:
-            rng = generator if generator is not None else np.random.default_rng(seed)
-
         study_batch, items = _structure_inputs(images, self.num_slots)
+        rngs: list[np.random.Generator | None] = [None] * len(items)
+        if train and isinstance(generator, Sequence):
+            if len(generator) != len(items):
+                raise ValueError(f"got {len(generator)} generators for {len(items)} images or studies")
+            rngs = list(generator)
+        elif train:
+            shared = generator if generator is not None else np.random.default_rng(seed)
+            rngs = [shared] * len(items)
         ranges = self.augment_ranges()
         views: list[np.ndarray] = []
         masks: list[list[bool]] = []
@@ -478,6 +500,7 @@ class AltaImageProcessor(BaseImageProcessor):
                 for image in loaded
             ]
             params: list[AltaAugmentParams | None] = [None] * len(slots)
+            rng = rngs[index]
             if rng is not None:
                 # Slots 0/2 (frontal now/before) share one draw and slots 1/3 (lateral now/before) another. Both draws
                 # happen even for missing views, so the random stream does not depend on which views exist.

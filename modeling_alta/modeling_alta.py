@@ -1499,84 +1499,33 @@ class AltaForPreTraining(AltaPreTrainedModel):
             return_loss (`bool`): also compute the two contrastive losses on this batch alone and the weighted sum.
                 Training across processes passes False and gathers the returned features (training/losses.py).
         """
-        config = self.config
-        vision = config.vision_config
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pixel_values, view_mask = self._prepare_study(pixel_values, reconstruction_pixel_values, view_mask)
-        batch = pixel_values.shape[0]
-        ratio = vision.mask_ratio if mask_ratio is None else mask_ratio
-        vision_out = self.alta.vision_model(pixel_values, view_mask=view_mask, mask_ratio=ratio, mask_noise=mask_noise)
-        pooled = vision_out.pooler_output
-        image_embeds = F.normalize(self.alta.vision_projection(pooled), dim=-1)
-
-        use_mlm = config.mlm_loss_weight > 0 and mlm_input_ids is not None
-        conditioning = self.bert_embed(pooled)
-        if use_mlm:
-            if mlm_labels is None:
-                raise ValueError("`mlm_input_ids` was given without `mlm_labels`.")
-            text_ids = torch.cat([input_ids, mlm_input_ids], dim=0)
-            text_mask = torch.cat([attention_mask, attention_mask], dim=0)
-            text_types = None if token_type_ids is None else torch.cat([token_type_ids, token_type_ids], dim=0)
-            cond = torch.cat([torch.zeros_like(conditioning), conditioning], dim=0)
-        else:
-            text_ids, text_mask, text_types, cond = input_ids, attention_mask, token_type_ids, None
-        hidden = self.alta.text_model(text_ids, text_mask, text_types, conditioning=cond).last_hidden_state
-        report_hidden = hidden[:batch]
-        pooled_text = self.alta.text_model.pool(report_hidden, attention_mask)
-        text_embeds = F.normalize(self.alta.text_projection(pooled_text), dim=-1)
-        text_local = self.alta.text_local_projection(report_hidden[:, 1:])
+        if mlm_input_ids is not None and mlm_labels is None:
+            raise ValueError("`mlm_input_ids` was given without `mlm_labels`.")
+        vision_out, image_embeds, conditioning = self._encode_study(
+            pixel_values, reconstruction_pixel_values, view_mask, mask_noise, mask_ratio
+        )
+        use_mlm = self.config.mlm_loss_weight > 0 and mlm_input_ids is not None
+        hidden, text_embeds, text_local = self._encode_reports(
+            input_ids, attention_mask, token_type_ids, mlm_input_ids if use_mlm else None, conditioning
+        )
+        batch = input_ids.shape[0]
         image_local = self.alta.vision_local_projection(vision_out.patch_embeds)
         cap_lens = text_cap_lens(attention_mask)
-
-        reconstruction_loss = reconstruction_logits = None
-        if config.reconstruction_loss_weight > 0:
-            if reconstruction_pixel_values is None:
-                raise ValueError(
-                    "The reconstruction loss needs `reconstruction_pixel_values` (the current frontal at "
-                    f"{vision.reconstruction_image_size}px); pass it or set reconstruction_loss_weight=0."
-                )
-            latent = torch.cat([vision_out.slot_embeds[:, :1], self._slot0_patches(vision_out)], dim=1)
-            reconstruction_logits = self.decoder(latent, vision_out.ids_restore)
-            reconstruction_loss = alta_reconstruction_loss(
-                reconstruction_logits.float(),
-                reconstruction_pixel_values.float(),
-                vision_out.mask.float(),
-                vision.reconstruction_patch_size,
-                vision.norm_pix_loss,
-            )
-
+        reconstruction_loss, reconstruction_logits = self._reconstruct_frontal(vision_out, reconstruction_pixel_values)
         mlm_loss = mlm_logits = mlm_num_tokens = None
         if use_mlm:
             mlm_logits = self.mlm_head(hidden[batch:])
             mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels)
             mlm_num_tokens = (mlm_labels != -100).sum()
-
         scale = self.alta.logit_scale.exp()
         local_scales = torch.stack(self.alta.local_scales())
         contrastive_loss = local_loss = loss = None
         if return_loss:
-            terms = []
-            if config.contrastive_loss_weight > 0:
-                contrastive_loss = alta_contrastive_loss(image_embeds.float(), text_embeds.float(), scale)
-                terms.append(config.contrastive_loss_weight * contrastive_loss)
-            if config.local_loss_weight > 0:
-                local_loss = alta_local_loss(
-                    image_local.float(),
-                    text_local.float(),
-                    cap_lens,
-                    *local_scales,
-                    chunk_size=config.local_loss_chunk_size,
-                )
-                terms.append(config.local_loss_weight * local_loss)
-            if reconstruction_loss is not None:
-                terms.append(config.reconstruction_loss_weight * reconstruction_loss)
-            if mlm_loss is not None:
-                terms.append(config.mlm_loss_weight * mlm_loss)
-            if not terms:
-                raise ValueError("Every loss weight is zero or its inputs are missing: nothing to train.")
-            loss = torch.stack(terms).sum()
-
+            contrastive_loss, local_loss, loss = self._weighted_loss(
+                image_embeds, text_embeds, image_local, text_local, cap_lens, reconstruction_loss, mlm_loss
+            )
         output = AltaForPreTrainingOutput(
             loss=loss,
             contrastive_loss=contrastive_loss,
@@ -1601,10 +1550,151 @@ class AltaForPreTraining(AltaPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
+    def _encode_study(
+        self,
+        pixel_values: torch.Tensor,
+        reconstruction_pixel_values: torch.Tensor | None,
+        view_mask: torch.Tensor | None,
+        mask_noise: torch.Tensor | None,
+        mask_ratio: float | None,
+    ) -> tuple[AltaVisionModelOutput, torch.Tensor, torch.Tensor]:
+        """The masked study through the vision tower: `(vision output, normalised image embeddings [B, P], the
+        image conditioning of the MLM copy [B, D_text])`."""
+        vision = self.config.vision_config
+        pixel_values, view_mask = self._prepare_study(pixel_values, reconstruction_pixel_values, view_mask)
+        ratio = vision.mask_ratio if mask_ratio is None else mask_ratio
+        vision_out = self.alta.vision_model(pixel_values, view_mask=view_mask, mask_ratio=ratio, mask_noise=mask_noise)
+        pooled = vision_out.pooler_output
+        image_embeds = F.normalize(self.alta.vision_projection(pooled), dim=-1)
+        return vision_out, image_embeds, self.bert_embed(pooled)
+
+    def _encode_reports(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        mlm_input_ids: torch.Tensor | None,
+        conditioning: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The report, and its masked copy conditioned on the image when given, through one text-tower pass.
+
+        Returns:
+            `(hidden [B or 2B, L, D], normalised text embeddings [B, P], local word features [B, L-1, P])`; rows
+            `B:` of `hidden` are the masked copy.
+        """
+        batch = input_ids.shape[0]
+        if mlm_input_ids is not None:
+            text_ids = torch.cat([input_ids, mlm_input_ids], dim=0)
+            text_mask = torch.cat([attention_mask, attention_mask], dim=0)
+            text_types = None if token_type_ids is None else torch.cat([token_type_ids, token_type_ids], dim=0)
+            cond = torch.cat([torch.zeros_like(conditioning), conditioning], dim=0)
+        else:
+            text_ids, text_mask, text_types, cond = input_ids, attention_mask, token_type_ids, None
+        hidden = self.alta.text_model(text_ids, text_mask, text_types, conditioning=cond).last_hidden_state
+        report_hidden = hidden[:batch]
+        pooled_text = self.alta.text_model.pool(report_hidden, attention_mask)
+        text_embeds = F.normalize(self.alta.text_projection(pooled_text), dim=-1)
+        return hidden, text_embeds, self.alta.text_local_projection(report_hidden[:, 1:])
+
+    def _reconstruct_frontal(
+        self, vision_out: AltaVisionModelOutput, reconstruction_pixel_values: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """MAE reconstruction of the current frontal's masked patches: `(loss, logits [B, N, p*p*C])`, or
+        `(None, None)` when the reconstruction loss is off."""
+        vision = self.config.vision_config
+        if self.config.reconstruction_loss_weight <= 0:
+            return None, None
+        if reconstruction_pixel_values is None:
+            raise ValueError(
+                "The reconstruction loss needs `reconstruction_pixel_values` (the current frontal at "
+                f"{vision.reconstruction_image_size}px); pass it or set reconstruction_loss_weight=0."
+            )
+        latent = torch.cat([vision_out.slot_embeds[:, :1], self._slot0_patches(vision_out)], dim=1)
+        logits = self.decoder(latent, vision_out.ids_restore)
+        loss = alta_reconstruction_loss(
+            logits.float(),
+            reconstruction_pixel_values.float(),
+            vision_out.mask.float(),
+            vision.reconstruction_patch_size,
+            vision.norm_pix_loss,
+        )
+        return loss, logits
+
+    def _weighted_loss(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        image_local: torch.Tensor,
+        text_local: torch.Tensor,
+        cap_lens: torch.Tensor,
+        reconstruction_loss: torch.Tensor | None,
+        mlm_loss: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """The two contrastive losses on this batch alone and the weighted sum of every active term:
+        `(contrastive_loss, local_loss, loss)`."""
+        config = self.config
+        contrastive_loss = local_loss = None
+        terms = []
+        if config.contrastive_loss_weight > 0:
+            scale = self.alta.logit_scale.exp()
+            contrastive_loss = alta_contrastive_loss(image_embeds.float(), text_embeds.float(), scale)
+            terms.append(config.contrastive_loss_weight * contrastive_loss)
+        if config.local_loss_weight > 0:
+            local_loss = alta_local_loss(
+                image_local.float(),
+                text_local.float(),
+                cap_lens,
+                *torch.stack(self.alta.local_scales()),
+                chunk_size=config.local_loss_chunk_size,
+            )
+            terms.append(config.local_loss_weight * local_loss)
+        if reconstruction_loss is not None:
+            terms.append(config.reconstruction_loss_weight * reconstruction_loss)
+        if mlm_loss is not None:
+            terms.append(config.mlm_loss_weight * mlm_loss)
+        if not terms:
+            raise ValueError("Every loss weight is zero or its inputs are missing: nothing to train.")
+        return contrastive_loss, local_loss, torch.stack(terms).sum()
+
     def _slot0_patches(self, vision_out: AltaVisionModelOutput) -> torch.Tensor:
         """Kept patch tokens of the current frontal: `[B, n, D]`."""
         hidden = vision_out.last_hidden_state  # [B, V, 1+n, D]
         return hidden[:, 0, 1:]
+
+
+def unwrap_alta_model(model: nn.Module, to: str = "alta") -> nn.Module:
+    """The ALTA model inside whatever training or inference wrapped around it: the one unwrap helper.
+
+    Args:
+        model: an ALTA model, possibly inside DDP/FSDP (`.module`), `torch.compile` (`_orig_mod`) or a PEFT
+            `PeftModel`; classes loaded as Hub custom code are recognised too.
+        to: `"saveable"` strips only DDP/FSDP and `torch.compile` (a `PeftModel` is kept: saving it writes the
+            PEFT adapter); `"alta"` also strips PEFT (the `AltaForPreTraining` / `AltaModel` itself); `"dual_encoder"`
+            also takes the `AltaModel` out of an `AltaForPreTraining` and checks it has the feature methods.
+
+    Returns:
+        the unwrapped module.
+    """
+    if to not in ("saveable", "alta", "dual_encoder"):
+        raise ValueError(f"`to` must be 'saveable', 'alta' or 'dual_encoder'; got {to!r}")
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel"):
+            model = model.module
+        elif to != "saveable" and callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+    if to == "dual_encoder":
+        if hasattr(model, "alta") and hasattr(model.alta, "get_image_features"):
+            model = model.alta
+        for name in ("get_image_features", "get_text_features", "get_image_patch_features", "get_text_token_features"):
+            if not callable(getattr(model, name, None)):
+                raise TypeError(
+                    f"expected an ALTA model (AltaModel or AltaForPreTraining); {type(model).__name__} has no {name}()"
+                )
+    return model
 
 
 __all__ = [
@@ -1626,4 +1716,5 @@ __all__ = [
     "patchify",
     "text_cap_lens",
     "unpatchify",
+    "unwrap_alta_model",
 ]

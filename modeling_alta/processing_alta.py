@@ -46,6 +46,87 @@ def process_text(text: str) -> str:
     return " ".join(sentences)
 
 
+def encode_texts(
+    tokenizer: Any,
+    text: str | Sequence[str],
+    max_length: int | None = DEFAULT_MAX_LENGTH,
+    padding: bool | str = "max_length",
+    truncation: bool = True,
+    clean_text: bool = False,
+    allow_empty: bool = False,
+    return_tensors: str | None = None,
+    names: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> BatchFeature:
+    """Tokenise reports or prompts: the one text path of the package (processor, collators, inference, evaluation).
+
+    Args:
+        tokenizer: the CXR-BERT `BertTokenizer`.
+        text: one string or a list of strings.
+        max_length: the padding (and truncation) length.
+        padding: `"max_length"` (the default, as in training) or any tokenizer padding mode.
+        truncation: cut texts longer than `max_length`, with one warning per text naming it. `False` keeps texts
+            whole and pads the batch to `max(max_length, longest)` instead (the reference tokenises retrieval texts
+            so; masked padding does not change the [CLS] output).
+        clean_text: apply [`process_text`] first (evaluation prompts and reports, for parity with the official
+            numbers).
+        allow_empty: accept texts that are empty after cleanup (they become `[CLS] [SEP]`, as in the reference's
+            evaluation); otherwise an empty text raises `ValueError`.
+        names: how the warnings and errors name each text (default `"report {i}"`).
+        kwargs: other tokenizer arguments.
+
+    Returns:
+        `BatchFeature` with `input_ids`, `attention_mask`, `token_type_ids` `[N, L]`.
+    """
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError("`text` is an empty list; pass at least one report")
+    labels = list(names) if names is not None else [f"report {i}" for i in range(len(texts))]
+    if len(labels) != len(texts):
+        raise ValueError(f"got {len(labels)} names for {len(texts)} texts")
+    checked = []
+    for label, item in zip(labels, texts):
+        if not isinstance(item, str):
+            raise TypeError(f"{label}: expected a string; got {type(item).__name__} ({item!r})")
+        if not allow_empty and not item.strip():
+            raise ValueError(f"{label} is empty ({item!r}); every sample needs a non-empty report")
+        if clean_text:
+            cleaned = process_text(item)
+            if not cleaned and not allow_empty:
+                raise ValueError(f"{label} is empty after process_text cleanup (input {item!r})")
+            item = cleaned
+        checked.append(item)
+    if max_length is not None and truncation:
+        _warn_if_truncated(tokenizer, checked, max_length, labels)
+    elif max_length is not None and padding == "max_length":
+        longest = max(len(ids) for ids in tokenizer(checked, add_special_tokens=True)["input_ids"])
+        max_length = max(max_length, longest)
+    return tokenizer(
+        checked,
+        padding=padding,
+        max_length=max_length,
+        truncation=truncation,
+        return_tensors=return_tensors,
+        return_token_type_ids=True,
+        return_attention_mask=True,
+        **kwargs,
+    )
+
+
+def _warn_if_truncated(tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[str]) -> None:
+    # A WordPiece token covers at least one non-space character, so short strings cannot overflow; only longer
+    # ones pay for a second tokenisation.
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    for label, item in zip(labels, texts):
+        if len(item) <= max_length - special:
+            continue
+        count = len(tokenizer.tokenize(item)) + special
+        if count > max_length:
+            logger.warning(
+                f"{label} has {count} tokens and is truncated to max_length={max_length} (starts {item[:60]!r})"
+            )
+
+
 class AltaProcessor(ProcessorMixin):
     r"""
     Constructs an ALTA processor: an [`AltaImageProcessor`] and a [`BertTokenizer`] with the CXR-BERT vocabulary.
@@ -110,54 +191,19 @@ class AltaProcessor(ProcessorMixin):
         if images is not None:
             data.update(self.image_processor(images, return_tensors=return_tensors, **(images_kwargs or {})))
         if text is not None:
-            texts = self._check_texts(text, clean_text)
-            if truncation and max_length is not None:
-                self._warn_if_truncated(texts, max_length)
-            encoded = self.tokenizer(
-                texts,
-                padding=padding,
-                max_length=max_length,
-                truncation=truncation,
-                return_tensors=return_tensors,
-                return_token_type_ids=True,
-                return_attention_mask=True,
-                **kwargs,
-            )
-            data.update(encoded)
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    @staticmethod
-    def _check_texts(text: str | Sequence[str], clean_text: bool) -> list[str]:
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise ValueError("`text` is an empty list; pass at least one report")
-        out = []
-        for index, item in enumerate(texts):
-            if not isinstance(item, str):
-                raise TypeError(f"report {index}: expected a string; got {type(item).__name__} ({item!r})")
-            if not item.strip():
-                raise ValueError(f"report {index} is empty ({item!r}); every sample needs a non-empty report")
-            if clean_text:
-                cleaned = process_text(item)
-                if not cleaned:
-                    raise ValueError(f"report {index} is empty after process_text cleanup (input {item!r})")
-                item = cleaned
-            out.append(item)
-        return out
-
-    def _warn_if_truncated(self, texts: list[str], max_length: int) -> None:
-        # A WordPiece token covers at least one non-space character, so short strings cannot overflow; only longer
-        # ones pay for a second tokenisation.
-        special = self.tokenizer.num_special_tokens_to_add(pair=False)
-        for index, item in enumerate(texts):
-            if len(item) <= max_length - special:
-                continue
-            count = len(self.tokenizer.tokenize(item)) + special
-            if count > max_length:
-                logger.warning(
-                    f"report {index} has {count} tokens and is truncated to max_length={max_length} "
-                    f"(starts {item[:60]!r})"
+            data.update(
+                encode_texts(
+                    self.tokenizer,
+                    text,
+                    max_length=max_length,
+                    padding=padding,
+                    truncation=truncation,
+                    clean_text=clean_text,
+                    return_tensors=return_tensors,
+                    **kwargs,
                 )
+            )
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -178,4 +224,4 @@ class AltaProcessor(ProcessorMixin):
 # `save_pretrained` then copies this file (and its siblings) and writes `auto_map`, for `trust_remote_code` loading.
 AltaProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["AltaProcessor", "process_text"]
+__all__ = ["AltaProcessor", "encode_texts", "process_text"]

@@ -1,15 +1,22 @@
-"""Pretraining collation: studies + reports → the batch `AltaForPreTraining` takes.
+"""Pretraining collation: a batch of studies + reports → the batch `AltaForPreTraining` takes.
 
-Sample format (one mapping per study):
-    ``{"frontal": img, "lateral": img | None, "prior_frontal": img | None, "prior_lateral": img | None,
-    "report": str}``; images are anything `AltaImageProcessor` reads (PIL, numpy, path, DICOM). Other keys are
-    ignored. A sample that is `None`, or has ``"unreadable": True``, or whose files cannot be decoded, is dropped
-    from the batch and counted (`AltaPretrainingCollator.num_dropped`), with a warning.
+Sample format (one mapping per study, as `processing.datasets.IndexedStudies` yields them):
+    ``{"index": int, "frontal": img, "lateral": img | None, "prior_frontal": img | None, "prior_lateral": img | None,
+    "report": str}``, plus ``"valid": False`` and ``"error"`` for a study the dataset could not decode. Images are
+    anything `AltaImageProcessor` reads (PIL, numpy, path, DICOM); other keys are ignored.
+
+Randomness: every random draw of a study (augmentation, sentence shuffle, MLM masking, patch-masking noise) comes
+from ``SeedSequence([seed, epoch, index])`` alone, so a study gets the same draws whichever process or DataLoader
+worker collates it and whatever else is in its batch: a run gives the same batches on any number of processes and
+resumes exactly.
+
+Unreadable or unusable studies (a `None` sample, a sample the dataset marked invalid, a file that does not decode,
+no frontal view, an empty report) are left out of the batch; the batch's ``"skipped"`` list names each one with its
+study index and reason (the training loop counts and logs them, also when a DataLoader worker collated the batch).
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,13 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling_alta.configuration_alta import STUDY_SLOTS
-from modeling_alta.processing_alta import DEFAULT_MAX_LENGTH, AltaProcessor
+from modeling_alta.processing_alta import DEFAULT_MAX_LENGTH, AltaProcessor, encode_texts
 
+from .datasets import decode_study
 from .reports import shuffle_sentences
 
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -33,7 +38,7 @@ def mask_tokens(
     special_ids: Sequence[int],
     mask_token_id: int,
     probability: float = 0.5,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's MLM rule: each non-special token is picked with `probability` and *every* picked token
     becomes ``[MASK]`` (no 80/10/10 split, despite the reference docstring).
@@ -43,7 +48,8 @@ def mask_tokens(
         special_ids: ids never masked ([CLS], [SEP], [PAD], ...).
         mask_token_id: id of ``[MASK]``.
         probability: masking probability (0.5 in ALTA).
-        generator: torch generator, for reproducible masks.
+        generator: one torch generator for the whole batch, or one per row (row `i` draws ``[1, L]`` from its own
+            generator, so a study's mask does not depend on its batch).
 
     Returns:
         ``(mlm_input_ids, mlm_labels)``, both long ``[B, L]``; labels are the original ids where masked and -100
@@ -52,30 +58,49 @@ def mask_tokens(
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"mlm probability must be in [0, 1]; got {probability}")
     special = torch.isin(input_ids, torch.as_tensor(list(special_ids), dtype=input_ids.dtype))
-    draws = torch.rand(input_ids.shape, generator=generator)
+    if isinstance(generator, Sequence):
+        if len(generator) != input_ids.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {input_ids.shape[0]} rows")
+        draws = torch.cat([torch.rand((1, input_ids.shape[1]), generator=g) for g in generator])
+    else:
+        draws = torch.rand(input_ids.shape, generator=generator)
     picked = (draws < probability) & ~special
     mlm_input_ids = torch.where(picked, torch.full_like(input_ids, mask_token_id), input_ids)
     mlm_labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     return mlm_input_ids, mlm_labels
 
 
+def study_streams(key: Sequence[int]) -> tuple[np.random.Generator, random.Random, torch.Generator, torch.Generator]:
+    """The random streams of one study, all derived from `key` (``[seed, epoch, index]``): image augmentation,
+    sentence shuffle, MLM masking and patch-masking noise."""
+    image_seed, text_seed, mask_seed = (int(s) for s in np.random.SeedSequence(list(key)).generate_state(3))
+    noise_seed = int(np.random.SeedSequence([*key, 1]).generate_state(1)[0])
+    return (
+        np.random.default_rng(image_seed),
+        random.Random(text_seed),
+        torch.Generator().manual_seed(mask_seed),
+        torch.Generator().manual_seed(noise_seed),
+    )
+
+
 class AltaPretrainingCollator:
-    """Collate study samples into an ALTA pretraining batch (use as a `DataLoader` `collate_fn`).
+    """Collate a batch of studies into an ALTA pretraining batch (a `DataLoader` `collate_fn`).
 
     Args:
         processor: an `AltaProcessor` (image processor + CXR-BERT tokenizer).
         mlm_probability: share of non-special report tokens replaced by ``[MASK]`` (0.5).
-        max_length: report length in tokens (128); longer reports are truncated.
-        seed: base seed. Each call draws from ``SeedSequence([seed, epoch, worker id, call index])``, so batches are
-            reproducible and `DataLoader` workers (which each hold a copy of the collator) do not repeat each
-            other's augmentations.
+        max_length: report length in tokens (128); longer reports are truncated, with a warning naming the study.
+        seed: base seed of every study's random streams (see the module docstring).
         augment: apply the training image augmentation (random affine + jitter with shared current/prior draws).
         shuffle_reports: shuffle report sentences (the reference does, in training).
+        mask_noise_shape: ``(num_slots, num_patches)``: also return each study's patch-masking noise
+            ``mask_noise`` ``[B, num_slots, num_patches]``; `None` leaves the masking to the model's global RNG.
 
-    Returns (per call) a dict with exactly:
+    Returns (per call) a dict with:
         `pixel_values` float ``[B, 4, 3, 224, 224]``, `view_mask` bool ``[B, 4]``, `reconstruction_pixel_values`
-        float ``[B, 3, 448, 448]``, `input_ids`, `attention_mask`, `token_type_ids`, `mlm_input_ids`,
-        `mlm_labels` long ``[B, max_length]``.
+        float ``[B, 3, 448, 448]``, `input_ids`, `attention_mask`, `token_type_ids`, `mlm_input_ids`, `mlm_labels`
+        long ``[B, max_length]``, `mask_noise` (when `mask_noise_shape` is set), and `skipped`: a list of messages,
+        one per study left out. When every study of the batch was left out, only `skipped` is returned.
     """
 
     def __init__(
@@ -86,6 +111,7 @@ class AltaPretrainingCollator:
         seed: int = 0,
         augment: bool = True,
         shuffle_reports: bool = True,
+        mask_noise_shape: tuple[int, int] | None = None,
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
@@ -95,93 +121,73 @@ class AltaPretrainingCollator:
         self.seed = seed
         self.augment = augment
         self.shuffle_reports = shuffle_reports
+        self.mask_noise_shape = mask_noise_shape
         self.epoch = 0
-        self.num_calls = 0
-        self.num_dropped = 0
         tokenizer = processor.tokenizer
         self.mask_token_id = tokenizer.mask_token_id
         self.special_ids = sorted(set(tokenizer.all_special_ids))
 
     def set_epoch(self, epoch: int) -> None:
-        """Change the random stream per epoch (call it where `DistributedSampler.set_epoch` is called)."""
+        """Change every study's random streams per epoch (call it where `Sampler.set_epoch` is called)."""
         self.epoch = int(epoch)
-        self.num_calls = 0
 
-    def _streams(self, key: Sequence[int] | None = None) -> tuple[np.random.Generator, random.Random, torch.Generator]:
-        if key is None:
-            worker = torch.utils.data.get_worker_info()
-            worker_id = worker.id if worker is not None else 0
-            key = [self.seed, self.epoch, worker_id, self.num_calls]
-            self.num_calls += 1
-        sequence = np.random.SeedSequence(list(key))
-        image_seed, text_seed, mask_seed = (int(s) for s in sequence.generate_state(3, dtype=np.uint32))
-        return np.random.default_rng(image_seed), random.Random(text_seed), torch.Generator().manual_seed(mask_seed)
-
-    def _check_sample(self, sample: Any, index: int) -> str | None:
-        """Return why a sample must be dropped, or None if it is usable."""
+    def _usable(self, sample: Any, position: int) -> tuple[int | None, dict[str, Any] | None, str | None]:
+        """`(index, decoded study, None)` for a usable sample, `(index, None, reason)` for one to leave out."""
         if sample is None:
-            return "sample is None"
+            return None, None, f"sample {position}: sample is None"
         if not isinstance(sample, Mapping):
-            raise TypeError(f"sample {index}: expected a mapping with views and 'report'; got {type(sample).__name__}")
-        if sample.get("unreadable", False):
-            return "marked unreadable"
-        return None
+            raise TypeError(f"sample {position}: expected a mapping with views and 'report'; got {type(sample)}")
+        index = sample.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ValueError(
+                f"sample {position} has no integer 'index' (got {index!r}); every random draw of a study is keyed by "
+                "its index: wrap the dataset in processing.datasets.IndexedStudies, or add 'index' yourself"
+            )
+        where = f"study index {index}"
+        if not sample.get("valid", True):
+            return index, None, f"{where}: {sample.get('error')}"
+        report = sample.get("report")
+        if not isinstance(report, str) or not report.strip():
+            return index, None, f"{where}: 'report' must be a non-empty string; got {report!r}"
+        images, error = decode_study(sample, dicom_rule=self.processor.image_processor.dicom_rule)
+        if error is not None:
+            return index, None, f"{where}: {error}"
+        return index, {**images, "report": report}, None
 
-    def collate_keyed(self, samples: Sequence[Any], key: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Like calling the collator, with every random draw taken from `SeedSequence(key)` alone (no worker id, no
-        call count): with `key = [seed, epoch, study index]` a study gets the same augmentation, shuffle and MLM
-        masking whichever process or DataLoader worker collates it."""
-        return self._collate(samples, self._streams(key))
-
-    def __call__(self, samples: Sequence[Any]) -> dict[str, torch.Tensor]:
-        return self._collate(samples, self._streams())
-
-    def _collate(
-        self, samples: Sequence[Any], streams: tuple[np.random.Generator, random.Random, torch.Generator]
-    ) -> dict[str, torch.Tensor]:
-        image_rng, text_rng, mask_generator = streams
-        processor = self.processor
-        studies, reports = [], []
-        dropped: list[str] = []
-        for index, sample in enumerate(samples):
-            reason = self._check_sample(sample, index)
-            if reason is None:
-                report = sample.get("report")
-                if not isinstance(report, str) or not report.strip():
-                    raise ValueError(f"sample {index}: 'report' must be a non-empty string; got {report!r}")
-                if sample.get("frontal") is None:
-                    raise ValueError(f"sample {index}: no frontal view ('frontal' is missing or None)")
-                study = {name: sample.get(name) for name in STUDY_SLOTS}
-                try:
-                    # Decode now, so that an unreadable file drops this sample instead of failing the whole batch.
-                    # (A missing pydicom raises ImportError and is not caught: it would drop every DICOM.)
-                    study = {
-                        name: processor.image_processor.load(img) if img is not None else None
-                        for name, img in study.items()
-                    }
-                except (ValueError, FileNotFoundError) as err:
-                    reason = str(err)
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        studies, indices, skipped = [], [], []
+        for position, sample in enumerate(samples):
+            index, study, reason = self._usable(sample, position)
             if reason is not None:
-                dropped.append(f"sample {index}: {reason}")
+                skipped.append(reason)
                 continue
             studies.append(study)
-            reports.append(shuffle_sentences(report, text_rng) if self.shuffle_reports else report)
-        if dropped:
-            self.num_dropped += len(dropped)
-            logger.warning("dropped %d unreadable sample(s) from the batch: %s", len(dropped), "; ".join(dropped))
+            indices.append(index)
         if not studies:
-            raise ValueError(f"every sample of the batch ({len(samples)}) was dropped: {'; '.join(dropped)}")
-
-        images = processor.image_processor(
-            studies, return_tensors="pt", train=self.augment, generator=image_rng, return_reconstruction=True
+            return {"skipped": skipped}
+        streams = [study_streams([self.seed, self.epoch, index]) for index in indices]
+        reports = [
+            shuffle_sentences(study["report"], text_rng) if self.shuffle_reports else study["report"]
+            for study, (_, text_rng, _, _) in zip(studies, streams)
+        ]
+        images = self.processor.image_processor(
+            [{slot: image for slot, image in study.items() if slot != "report"} for study in studies],
+            return_tensors="pt",
+            train=self.augment,
+            generator=[image_rng for image_rng, _, _, _ in streams],
+            return_reconstruction=True,
         )
-        text = processor(
-            text=reports, return_tensors="pt", padding="max_length", max_length=self.max_length, truncation=True
+        text = encode_texts(
+            self.processor.tokenizer,
+            reports,
+            max_length=self.max_length,
+            return_tensors="pt",
+            names=[f"study index {index}" for index in indices],
         )
         mlm_input_ids, mlm_labels = mask_tokens(
-            text["input_ids"], self.special_ids, self.mask_token_id, self.mlm_probability, mask_generator
+            text["input_ids"], self.special_ids, self.mask_token_id, self.mlm_probability, [s[2] for s in streams]
         )
-        return {
+        batch: dict[str, Any] = {
             "pixel_values": images["pixel_values"],
             "view_mask": images["view_mask"],
             "reconstruction_pixel_values": images["reconstruction_pixel_values"],
@@ -191,6 +197,10 @@ class AltaPretrainingCollator:
             "mlm_input_ids": mlm_input_ids,
             "mlm_labels": mlm_labels,
         }
+        if self.mask_noise_shape is not None:
+            batch["mask_noise"] = torch.stack([torch.rand(self.mask_noise_shape, generator=s[3]) for s in streams])
+        batch["skipped"] = skipped
+        return batch
 
 
-__all__ = ["IGNORE_INDEX", "AltaPretrainingCollator", "mask_tokens"]
+__all__ = ["IGNORE_INDEX", "AltaPretrainingCollator", "mask_tokens", "study_streams"]

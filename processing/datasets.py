@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 from PIL import Image as PILImage
 
+from modeling_alta.cxr_io_alta import load_image
+
 from .studies import (
     ID_COLUMNS,
     REPORT_COLUMN,
@@ -230,26 +232,52 @@ def save_study_dataset(dataset, out_dir: str | Path) -> Path:
 def _describe(value: Any) -> str:
     if isinstance(value, Mapping):
         return repr(value.get("path") or "<embedded bytes>")
+    if isinstance(value, PILImage.Image):
+        return "a PIL image"
     return repr(value)
 
 
-def decode_view(value: Any) -> PILImage.Image | None:
-    """Decode one ``Image(decode=False)`` cell (``{"bytes", "path"}``, a path string, or ``None``).
+def decode_view(value: Any, dicom_rule: str = "voi") -> PILImage.Image | None:
+    """Decode one view cell into the working PIL image (mode "L", or "RGB" for colour) the image processor takes.
 
-    The pixel data is loaded here (not lazily by PIL later), so a truncated file fails now, inside the caller's
-    ``try``. Raises whatever PIL or the file system raises.
+    Accepts an ``Image(decode=False)`` cell (``{"bytes", "path"}``), a path, bytes, a PIL image, an array or a pydicom
+    dataset, or ``None`` (a missing view). PNG, JPEG and DICOM files all go through `cxr_io_alta.load_image`; the
+    pixel data is read here, so a truncated file fails now, inside the caller's ``try``.
     """
-    from datasets import Image
-
     if value is None:
         return None
-    if isinstance(value, PILImage.Image):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        value = {"path": os.fspath(value), "bytes": None}
-    image = Image().decode_example(value)
-    image.load()
-    return image
+    if isinstance(value, Mapping):
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and path is None:
+            raise ValueError(f"an image cell needs 'bytes' or 'path'; got {dict(value)!r}")
+        value = data if data is not None else path
+    return load_image(value, dicom_rule=dicom_rule)
+
+
+def decode_study(
+    sample: Mapping[str, Any],
+    views: Sequence[str] = VIEW_COLUMNS,
+    required_views: Sequence[str] = ("frontal",),
+    dicom_rule: str = "voi",
+) -> tuple[dict[str, PILImage.Image | None], str | None]:
+    """Decode the views of one study: the one place where an unreadable study becomes a skip with a reason.
+
+    Returns:
+        ``(images, None)`` with ``images = {view: PIL.Image | None}`` when every present view decodes and the
+        `required_views` are present; else ``({}, error)`` with `error` naming the view, the file and the exception
+        (e.g. ``"frontal: '/x/a.jpg': ValueError: ... corrupt or truncated image file ..."``).
+    """
+    images: dict[str, PILImage.Image | None] = {}
+    for view in views:
+        value = sample.get(view)
+        try:
+            images[view] = decode_view(value, dicom_rule)
+        except Exception as exc:  # any decode failure marks the study, never the run
+            return {}, f"{view}: {_describe(value)}: {type(exc).__name__}: {exc}"
+    absent = [view for view in required_views if images.get(view) is None]
+    if absent:
+        return {}, f"{', '.join(absent)}: missing (required view)"
+    return images, None
 
 
 def make_study_transform(
@@ -257,22 +285,18 @@ def make_study_transform(
     views: Sequence[str] = VIEW_COLUMNS,
     required_views: Sequence[str] = ("frontal",),
 ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
-    """A batched ``set_transform`` function that decodes a study's images and applies ``fn``.
+    """A batched ``set_transform`` function that decodes a study's images (`decode_study`) and applies ``fn``.
 
-    For each sample, the views are decoded with :func:`decode_view`. Then:
-
-    - if every view decoded and the ``required_views`` are present, ``fn(images, report)`` is called with
-      ``images = {view: PIL.Image | None}`` and its dict is merged into the sample, with ``valid=True`` and
-      ``error=None``. Without ``fn`` the decoded images and the report are returned as they are.
-    - otherwise ``fn`` is **not** called; the sample has ``valid=False``, ``error`` naming the view, file and
-      exception (e.g. ``"frontal: '/x/a.jpg': UnidentifiedImageError: cannot identify image file ..."``), and
+    - if the study decodes, ``fn(images, report)`` is called with ``images = {view: PIL.Image | None}`` and its
+      dict is merged into the sample, with ``valid=True`` and ``error=None``. Without ``fn`` the decoded images
+      and the report are returned as they are.
+    - otherwise ``fn`` is **not** called; the sample has ``valid=False``, ``error`` (see `decode_study`), and
       ``None`` for the keys ``fn`` produced for the valid samples of the same batch (without ``fn``: ``None``
       images).
 
     Every other input column (``study_id``, ``subject_id``, ``split``...) passes through unchanged. Exceptions
-    raised by ``fn`` itself are not caught: they are bugs, not bad data.
-
-    A collator keeps ``[s for s in samples if s["valid"]]`` and adds the others to its skip count and log.
+    raised by ``fn`` itself are not caught: they are bugs, not bad data. `AltaPretrainingCollator` leaves invalid
+    samples out of its batch and names them in the batch's ``skipped`` list.
     """
     views = tuple(views)
     missing_required = [v for v in required_views if v not in views]
@@ -285,19 +309,8 @@ def make_study_transform(
         outputs: list[dict[str, Any] | None] = []
         errors: list[str | None] = []
         for i in range(size):
-            images: dict[str, PILImage.Image | None] = {}
-            error = None
-            for view in views:
-                value = batch[view][i] if view in batch else None
-                try:
-                    images[view] = decode_view(value)
-                except Exception as exc:  # any decode failure marks the sample, never the run
-                    error = f"{view}: {_describe(value)}: {type(exc).__name__}: {exc}"
-                    break
-            if error is None:
-                absent = [v for v in required_views if images.get(v) is None]
-                if absent:
-                    error = f"{', '.join(absent)}: missing (required view)"
+            sample = {view: batch[view][i] for view in views if view in batch}
+            images, error = decode_study(sample, views, required_views)
             report = batch[REPORT_COLUMN][i] if REPORT_COLUMN in batch else None
             if error is not None:
                 outputs.append(None)
@@ -342,6 +355,23 @@ def set_study_transform(dataset, fn: StudyFunction | None = None, **kwargs: Any)
             dataset = dataset.cast_column(view, Image(decode=False))
     dataset.set_transform(make_study_transform(fn, **kwargs))
     return dataset
+
+
+class IndexedStudies:
+    """A study dataset for training: lazily decoded views (`set_study_transform`), each item carrying its row index
+    under ``"index"``, the key of all the study's randomness in `AltaPretrainingCollator`. A `torch` map-style
+    dataset (``len`` and integer indexing)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = set_study_transform(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[int(index)])
+        item["index"] = int(index)
+        return item
 
 
 # --------------------------------------------------------------------------------------------------------------

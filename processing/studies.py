@@ -424,19 +424,46 @@ def build_mimic_studies(
         PA/AP image), ``missing_report`` (no report file), ``unparseable_report`` (neither section found, or the
         file could not be read). Kept-but-degraded counts: ``no_lateral``, ``no_prior``.
     """
-    import pandas as pd
-
     root = Path(root).expanduser().resolve()
     reports_root = Path(reports_root).expanduser().resolve() if reports_root is not None else root
     if split is not None and split not in MIMIC_SPLITS:
         raise ValueError(f"split must be one of {MIMIC_SPLITS} or None, got {split!r}")
+    table = StudyTable(rows=[])
+    meta = _mimic_image_table(root, split, metadata_csv, split_csv, check_files, table)
+    studies = _pick_views_per_study(meta)
+    # Studies with only other views (e.g. AP AXIAL) or no image on disk never reach this point and are not counted.
+    in_split = {k: v for k, v in studies.items() if split is None or v["split"] == split}
+    histories = _frontal_histories(in_split.values())
+    for study in sorted(in_split.values(), key=lambda s: (s["subject_id"], s["when"] or (0, 0.0), s["study_id"])):
+        if study["frontal"] is None:
+            table.skipped["no_frontal"] += 1
+            continue
+        report = _read_mimic_report(reports_root, study, sections, table)
+        if report is None:
+            continue
+        row = _mimic_row(study, report, _previous_study(study, histories))
+        _note_missing_views(row, table.notes)
+        table.rows.append(row)
+    logger.info("MIMIC-CXR %s (split=%s): %s", root, split, table.summary())
+    return table
+
+
+def _mimic_image_table(
+    root: Path,
+    split: str | None,
+    metadata_csv: str | Path | None,
+    split_csv: str | Path | None,
+    check_files: bool,
+    table: StudyTable,
+):
+    """The metadata rows of usable images (frontal or lateral positions, on disk if `check_files`), with their
+    split, upper-cased view position, pixel count and JPEG path."""
+    import pandas as pd
+
     metadata_csv = (
         Path(metadata_csv) if metadata_csv is not None else _find_file(root, MIMIC_METADATA_NAMES, "metadata")
     )
-    meta = _read_table(metadata_csv, MIMIC_METADATA_COLUMNS, "MIMIC metadata CSV")
-    table = StudyTable(rows=[])
-
-    meta = meta.copy()
+    meta = _read_table(metadata_csv, MIMIC_METADATA_COLUMNS, "MIMIC metadata CSV").copy()
     meta["view"] = meta["ViewPosition"].fillna("").astype(str).str.strip().str.upper()
     if "Rows" in meta.columns and "Columns" in meta.columns:
         meta["pixels"] = pd.to_numeric(meta["Rows"], errors="coerce").fillna(0) * pd.to_numeric(
@@ -444,16 +471,13 @@ def build_mimic_studies(
         ).fillna(0)
     else:
         meta["pixels"] = 0
-
     if split is not None:
         split_csv = Path(split_csv) if split_csv is not None else _find_file(root, MIMIC_SPLIT_NAMES, "split CSV")
         splits = _read_table(split_csv, MIMIC_SPLIT_COLUMNS, "MIMIC split CSV")
         meta = meta.merge(splits[["dicom_id", "split"]].drop_duplicates("dicom_id"), on="dicom_id", how="left")
     else:
         meta["split"] = None
-
-    usable = meta["view"].isin(FRONTAL_VIEW_POSITIONS + LATERAL_VIEW_POSITIONS)
-    meta = meta[usable].copy()
+    meta = meta[meta["view"].isin(FRONTAL_VIEW_POSITIONS + LATERAL_VIEW_POSITIONS)].copy()
     meta["path"] = [
         str(mimic_image_path(root, s, t, d)) for s, t, d in zip(meta["subject_id"], meta["study_id"], meta["dicom_id"])
     ]
@@ -462,11 +486,17 @@ def build_mimic_studies(
         if (~exists).any():  # a Counter keeps zero entries, which would clutter the summary
             table.notes["image_files_missing"] += int((~exists).sum())
         meta = meta[exists]
+    return meta
 
-    # 1. Pick one frontal and one lateral per study: sort by the tie-break, keep the first of each (study, kind).
-    #    Vectorised, because the full download has ~377k images in ~228k studies.
+
+def _pick_views_per_study(meta) -> dict[int, dict[str, Any]]:
+    """One frontal and one lateral per study (by view preference, then the larger image, then the dicom id), and
+    the study's subject, split and date. Vectorised: the full download has ~377k images in ~228k studies."""
+    import pandas as pd
+
     preference = {v: i for i, v in enumerate(FRONTAL_VIEW_POSITIONS)}
     preference.update({v: i for i, v in enumerate(LATERAL_VIEW_POSITIONS)})
+    meta = meta.copy()
     meta["kind"] = meta["view"].map(lambda v: "frontal" if v in FRONTAL_VIEW_POSITIONS else "lateral")
     meta["rank"] = meta["view"].map(preference)
     meta = meta.sort_values(
@@ -490,53 +520,59 @@ def build_mimic_studies(
             if pd.isna(image.StudyDate)
             else (int(image.StudyDate), 0.0 if pd.isna(image.StudyTime) else float(image.StudyTime)),
         }
-    # Studies with only other views (e.g. AP AXIAL) or no image on disk never reach this point and are not counted.
-    in_split = {k: v for k, v in studies.items() if split is None or v["split"] == split}
+    return studies
 
-    # 2. Link each study to the same subject's previous study (with a frontal, same split, strictly earlier).
+
+def _frontal_histories(studies: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Per subject, the dated studies with a frontal, in time order: the candidates for a prior."""
     by_subject: dict[int, list[dict[str, Any]]] = {}
-    for study in in_split.values():
+    for study in studies:
         if study["frontal"] is not None and study["when"] is not None:
             by_subject.setdefault(study["subject_id"], []).append(study)
     for history in by_subject.values():
         history.sort(key=lambda s: (s["when"], s["study_id"]))
+    return by_subject
 
-    for study in sorted(in_split.values(), key=lambda s: (s["subject_id"], s["when"] or (0, 0.0), s["study_id"])):
-        if study["frontal"] is None:
-            table.skipped["no_frontal"] += 1
-            continue
-        report_path = mimic_report_path(reports_root, study["subject_id"], study["study_id"])
-        if not report_path.is_file():
-            table.skipped["missing_report"] += 1
-            logger.debug("study %s: no report file %s", study["study_id"], report_path)
-            continue
-        try:
-            text = report_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as error:
-            logger.warning("study %s: cannot read %s (%s)", study["study_id"], report_path, error)
-            table.skipped["unparseable_report"] += 1
-            continue
-        report = compose_report(extract_sections(text), sections)
-        if report is None:
-            logger.debug("study %s: no %s section in %s", study["study_id"], "/".join(sections), report_path)
-            table.skipped["unparseable_report"] += 1
-            continue
-        prior = None
-        if study["when"] is not None:
-            earlier = [s for s in by_subject.get(study["subject_id"], []) if s["when"] < study["when"]]
-            prior = earlier[-1] if earlier else None
-        row = {
-            "study_id": str(study["study_id"]),
-            "subject_id": str(study["subject_id"]),
-            "frontal": study["frontal"],
-            "lateral": study["lateral"],
-            "prior_frontal": None if prior is None else prior["frontal"],
-            "prior_lateral": None if prior is None else prior["lateral"],
-            REPORT_COLUMN: report,
-            "prior_study_id": None if prior is None else str(prior["study_id"]),
-            "split": study["split"],
-        }
-        _note_missing_views(row, table.notes)
-        table.rows.append(row)
-    logger.info("MIMIC-CXR %s (split=%s): %s", root, split, table.summary())
-    return table
+
+def _previous_study(study: dict[str, Any], histories: dict[int, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The same subject's latest study strictly before this one (with a frontal, in the same split)."""
+    if study["when"] is None:
+        return None
+    earlier = [s for s in histories.get(study["subject_id"], []) if s["when"] < study["when"]]
+    return earlier[-1] if earlier else None
+
+
+def _read_mimic_report(
+    reports_root: Path, study: dict[str, Any], sections: Sequence[str], table: StudyTable
+) -> str | None:
+    """The study's report text from the chosen sections, or None (counted in `table.skipped`)."""
+    report_path = mimic_report_path(reports_root, study["subject_id"], study["study_id"])
+    if not report_path.is_file():
+        table.skipped["missing_report"] += 1
+        logger.debug("study %s: no report file %s", study["study_id"], report_path)
+        return None
+    try:
+        text = report_path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        logger.warning("study %s: cannot read %s (%s)", study["study_id"], report_path, error)
+        table.skipped["unparseable_report"] += 1
+        return None
+    report = compose_report(extract_sections(text), sections)
+    if report is None:
+        logger.debug("study %s: no %s section in %s", study["study_id"], "/".join(sections), report_path)
+        table.skipped["unparseable_report"] += 1
+    return report
+
+
+def _mimic_row(study: dict[str, Any], report: str, prior: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "study_id": str(study["study_id"]),
+        "subject_id": str(study["subject_id"]),
+        "frontal": study["frontal"],
+        "lateral": study["lateral"],
+        "prior_frontal": None if prior is None else prior["frontal"],
+        "prior_lateral": None if prior is None else prior["lateral"],
+        REPORT_COLUMN: report,
+        "prior_study_id": None if prior is None else str(prior["study_id"]),
+        "split": study["split"],
+    }

@@ -48,9 +48,8 @@ def demo_preset_model(output: Path, seed: int = 0) -> Path:
     import torch
 
     from configuration import load_preset
-    from modeling_alta import AltaModel, AltaProcessor
+    from modeling_alta import AltaImageProcessor, AltaModel, AltaProcessor
     from processing.demo_data import DEMO_CLASSES, demo_class_prompts, generate_study, strip_boilerplate
-    from training.align import image_processor_for
     from training.demo import build_vocabulary
 
     reports = [
@@ -74,7 +73,9 @@ def demo_preset_model(output: Path, seed: int = 0) -> Path:
 
     tokenizer = BertTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.model_max_length = config.text_config.max_length
-    processor = AltaProcessor(image_processor=image_processor_for(config), tokenizer=tokenizer)
+    processor = AltaProcessor(
+        image_processor=AltaImageProcessor.for_vision_config(config.vision_config), tokenizer=tokenizer
+    )
     processor.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)
     return folder

@@ -370,13 +370,12 @@ def _save_processor(text_model: str | Path, output: Path, config) -> None:
 
     tokenizer = BertTokenizer.from_pretrained(str(text_model))
     tokenizer.model_max_length = config.text_config.max_length
+    from modeling_alta.image_processing_alta import AltaImageProcessor
     from modeling_alta.processing_alta import AltaProcessor
-    from training.align import image_processor_for
 
-    image_processor = image_processor_for(config)
-    processor = AltaProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    processor.save_pretrained(output)
-    image_processor.save_pretrained(output)
+    image_processor = AltaImageProcessor.for_vision_config(config.vision_config)
+    # AltaProcessor.save_pretrained also writes preprocessor_config.json for AutoImageProcessor.
+    AltaProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,13 @@
 """Export a trained ALTA model: unwrap -> save_pretrained (model + processor + Hub code) -> model card -> optional push.
 
-`export_model` is what `training/align.py` calls at the end of a run; it also works on a model loaded by hand.
-A PEFT-wrapped model (`--adapter lora|ia3`) exports its PEFT adapter (`adapter_model.safetensors`,
-`adapter_config.json`); a native ALTA adapter run can export the adapter set alone with `adapter_only=True`.
+`export_model` is the one export path: `training/align.py` calls it at the end of a run, and it works on a model
+loaded by hand. The folder is written once. What goes into it:
+
+- an ALTA model: the model (safetensors + code), the processor, a card; with `save_alta_adapter=True` also the
+  adapter set alone in `alta_adapter/`; with `adapter_only=True` only the adapter set (and the card);
+- a PEFT-wrapped model (`--adapter lora|ia3`): with `peft_export="merged"` a plain ALTA folder with the adaptation
+  merged in, plus PEFT's own files in `peft_adapter/` (for `PeftModel.from_pretrained`); with `"adapter"` only
+  PEFT's files (`adapter_model.safetensors`, `adapter_config.json`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from torch import nn
+
+from modeling_alta.modeling_alta import unwrap_alta_model
 
 
 # The official ALTA code and weights are CC-BY-NC 4.0 and the pre-training data (MIMIC-CXR) is PhysioNet-credentialed,
@@ -44,21 +51,6 @@ class ExportResult:
     output_dir: Path
     files: list[str] = field(default_factory=list)
     commit_url: str | None = None
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip the wrappers training adds: DDP/FSDP-style `.module`, `torch.compile`'s `_orig_mod`.
-
-    A PEFT `PeftModel` is kept: saving it writes the adapter, which is what a PEFT run should export.
-    """
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel"):
-            model = model.module
-    return model
 
 
 def _is_peft(model: nn.Module) -> bool:
@@ -182,6 +174,9 @@ def export_model(
     license: str = DEFAULT_LICENSE,  # noqa: A002
     adapter_method: str | None = None,
     adapter_only: bool = False,
+    save_alta_adapter: bool = False,
+    peft_export: str = "adapter",
+    extra_files: dict[str, str] | None = None,
     include_code: bool = True,
     private: bool | None = None,
     token: str | bool | None = None,
@@ -202,6 +197,13 @@ def export_model(
             The last evaluation, shown in the card and written to `eval_results.json`.
         adapter_only (`bool`, *optional*, defaults to `False`):
             For a native ALTA model, write only the adapter set (`save_alta_adapter`) instead of the full model.
+        save_alta_adapter (`bool`, *optional*, defaults to `False`):
+            For a native ALTA model, also write the adapter set alone into `alta_adapter/`.
+        peft_export (`str`, *optional*, defaults to `"adapter"`):
+            For a `PeftModel`: `"adapter"` writes PEFT's files; `"merged"` writes the merged ALTA model and PEFT's
+            files in `peft_adapter/`.
+        extra_files (`dict[str, str]`, *optional*):
+            More text files to write into the folder (name -> content), e.g. `train_results.json`.
         include_code (`bool`, *optional*, defaults to `True`):
             Register a custom processor for its auto class, so its code ships too (the ALTA model always ships its
             code: its `save_pretrained` does that).
@@ -211,7 +213,9 @@ def export_model(
     """
     if push_to_hub and not repo_id:
         raise ValueError("`push_to_hub=True` needs a `repo_id` (e.g. 'user/alta-mimic').")
-    model = unwrap_model(model)
+    if peft_export not in ("adapter", "merged"):
+        raise ValueError(f"`peft_export` must be 'adapter' or 'merged'; got {peft_export!r}.")
+    model = unwrap_alta_model(model, "saveable")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     is_peft = _is_peft(model)
@@ -223,10 +227,21 @@ def export_model(
         model.save_alta_adapter(out, base_model_name_or_path=base_model)
         trainable = model.num_alta_adapter_parameters()
         adapter_method = adapter_method or "alta"
+    elif is_peft and peft_export == "merged":
+        from .peft_utils import merge_peft_model
+
+        model.save_pretrained(out / "peft_adapter")  # PEFT's own files, for PeftModel.from_pretrained
+        model = merge_peft_model(model)
+        model.save_pretrained(out)
+        is_peft = False
     else:
         # ALTA's own save_pretrained registers the auto classes, copies the flat modeling_alta files and writes a
         # complete auto_map (modeling_alta.py), so nothing to add here for the model.
         model.save_pretrained(out)
+        if save_alta_adapter and not is_peft and hasattr(model, "save_alta_adapter"):
+            model.save_alta_adapter(out / "alta_adapter", base_model_name_or_path=base_model)
+    for name, content in (extra_files or {}).items():
+        (out / name).write_text(content)
     if processor is not None:
         if include_code:
             _register_processor_code(processor)
@@ -262,4 +277,4 @@ def export_model(
     return result
 
 
-__all__ = ["ExportResult", "build_model_card", "export_model", "parameter_counts", "unwrap_model"]
+__all__ = ["ExportResult", "build_model_card", "export_model", "parameter_counts"]

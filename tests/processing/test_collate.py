@@ -1,8 +1,6 @@
-"""AltaPretrainingCollator: exact keys and shapes, the reference MLM rule, reproducibility, dropped samples."""
+"""AltaPretrainingCollator: exact keys and shapes, the reference MLM rule, per-study randomness, skipped samples."""
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ EXPECTED_KEYS = {
     "token_type_ids",
     "mlm_input_ids",
     "mlm_labels",
+    "skipped",
 }
 REPORT = "The lungs are clear. No pneumothorax. Heart size normal. Mild bibasilar atelectasis."
 
@@ -37,8 +36,20 @@ def _samples() -> list[dict]:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 280), dtype=np.uint8)
     return [
-        {"frontal": image, "lateral": image.T.copy(), "prior_frontal": image, "prior_lateral": None, "report": REPORT},
-        {"frontal": image[::-1].copy(), "report": "Small left effusion. Stable cardiomegaly.", "study_id": "s2"},
+        {
+            "index": 0,
+            "frontal": image,
+            "lateral": image.T.copy(),
+            "prior_frontal": image,
+            "prior_lateral": None,
+            "report": REPORT,
+        },
+        {
+            "index": 1,
+            "frontal": image[::-1].copy(),
+            "report": "Small left effusion. Stable cardiomegaly.",
+            "study_id": "s2",
+        },
     ]
 
 
@@ -49,6 +60,7 @@ def test_batch_keys_shapes_and_slots(processor):
     assert batch["reconstruction_pixel_values"].shape == (2, 3, 448, 448)
     assert batch["view_mask"].tolist() == [[True, True, True, False], [True, False, False, False]]
     assert batch["pixel_values"][~batch["view_mask"]].abs().sum() == 0
+    assert batch["skipped"] == [] and "mask_noise" not in batch
     for key in ("input_ids", "attention_mask", "token_type_ids", "mlm_input_ids", "mlm_labels"):
         assert batch[key].shape == (2, 128) and batch[key].dtype == torch.long, key
     # sentence shuffling keeps the words
@@ -78,9 +90,13 @@ def test_mlm_rule_masks_half_of_the_non_special_tokens(processor):
 def test_seeded_and_reproducible(processor):
     first, second = AltaPretrainingCollator(processor, seed=5), AltaPretrainingCollator(processor, seed=5)
     a, b = first(_samples()), second(_samples())
-    for key in EXPECTED_KEYS:
+    for key in EXPECTED_KEYS - {"skipped"}:
         assert torch.equal(a[key], b[key]), key
-    # later calls (and other seeds) draw new augmentations and masks
+    # the same call again gives the same batch: a study's draws depend on (seed, epoch, index) only
+    again = first(_samples())
+    assert torch.equal(a["pixel_values"], again["pixel_values"])
+    # another epoch or another seed draws new augmentations and masks
+    first.set_epoch(1)
     c = first(_samples())
     assert not torch.equal(a["pixel_values"], c["pixel_values"])
     assert not torch.equal(a["mlm_labels"], c["mlm_labels"])
@@ -91,35 +107,61 @@ def test_seeded_and_reproducible(processor):
     assert not torch.equal(plain["reconstruction_pixel_values"], a["reconstruction_pixel_values"])
 
 
-def test_unreadable_samples_are_dropped_and_counted(processor, tmp_path, caplog):
+def test_a_study_draws_the_same_in_any_batch(processor):
+    collator = AltaPretrainingCollator(processor, seed=2, mask_noise_shape=(4, 9))
+    pair = collator(_samples())
+    alone = collator(_samples()[1:])
+    swapped = collator(_samples()[::-1])
+    for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise", "view_mask"):
+        torch.testing.assert_close(alone[key][0], pair[key][1], atol=0, rtol=0, msg=key)
+        torch.testing.assert_close(swapped[key][0], pair[key][1], atol=0, rtol=0, msg=key)
+    assert pair["mask_noise"].shape == (2, 4, 9)
+
+
+def test_unreadable_samples_are_skipped_and_named(processor, tmp_path):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     samples = _samples()
     batch_input = [
         samples[0],
         None,
-        {**samples[1], "unreadable": True},
-        {"frontal": corrupt, "report": "Lungs clear."},
+        {**samples[1], "index": 7, "valid": False, "error": "frontal: 'x.png': OSError: gone"},
+        {"index": 8, "frontal": corrupt, "report": "Lungs clear."},
+        {"index": 9, "lateral": samples[0]["frontal"], "report": "Clear."},
+        {**samples[1], "index": 10, "report": " "},
         samples[1],
     ]
-    collator = AltaPretrainingCollator(processor, seed=0)
-    with caplog.at_level(logging.WARNING, logger="processing.collate"):
-        batch = collator(batch_input)
-    assert batch["pixel_values"].shape[0] == 2 and collator.num_dropped == 3
-    message = caplog.records[-1].getMessage()
-    assert (
-        "dropped 3 unreadable sample(s)" in message
-        and "corrupt.png" in message
-        and "sample 1: sample is None" in message
-    )
-    with pytest.raises(ValueError, match=r"every sample of the batch \(2\) was dropped"):
-        collator([None, {"unreadable": True}])
-    assert collator.num_dropped == 5
+    batch = AltaPretrainingCollator(processor, seed=0)(batch_input)
+    assert batch["pixel_values"].shape[0] == 2
+    skipped = batch["skipped"]
+    assert len(skipped) == 5 and skipped[0] == "sample 1: sample is None"
+    assert skipped[1] == "study index 7: frontal: 'x.png': OSError: gone"
+    assert skipped[2].startswith("study index 8: frontal:") and "corrupt.png" in skipped[2]
+    assert skipped[3] == "study index 9: frontal: missing (required view)"
+    assert skipped[4].startswith("study index 10: 'report' must be a non-empty string")
+    assert AltaPretrainingCollator(processor)([None, {"index": 3, "valid": False, "error": "e"}]) == {
+        "skipped": ["sample 0: sample is None", "study index 3: e"]
+    }
 
 
 def test_structural_errors_name_the_sample(processor):
     collator = AltaPretrainingCollator(processor)
-    with pytest.raises(ValueError, match=r"sample 1: no frontal view"):
-        collator([_samples()[0], {"lateral": np.zeros((8, 8), np.uint8), "report": "Clear."}])
-    with pytest.raises(ValueError, match=r"sample 0: 'report' must be a non-empty string; got ''"):
-        collator([{**_samples()[0], "report": ""}])
+    with pytest.raises(ValueError, match=r"sample 1 has no integer 'index'.*IndexedStudies"):
+        collator([_samples()[0], {"frontal": np.zeros((8, 8), np.uint8), "report": "Clear."}])
+    with pytest.raises(TypeError, match=r"sample 0: expected a mapping"):
+        collator(["a.png"])
+
+
+def test_study_randomness_does_not_depend_on_the_dataloader_worker(processor, tmp_path):
+    from processing.datasets import IndexedStudies, dataset_from_rows
+    from tests.training.synthetic import write_studies
+
+    studies = IndexedStudies(dataset_from_rows(write_studies(tmp_path, n=8)))
+    collate = AltaPretrainingCollator(processor, seed=3, mask_noise_shape=(4, 4))
+    in_main = collate([studies[5], studies[2]])
+    loader = torch.utils.data.DataLoader(
+        studies, batch_size=2, collate_fn=collate, num_workers=2, sampler=[7, 1, 5, 2]
+    )
+    in_workers = list(loader)[1]  # the second batch is collated by worker 1
+    for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
+        torch.testing.assert_close(in_workers[key], in_main[key], atol=0, rtol=0, msg=key)

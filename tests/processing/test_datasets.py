@@ -239,7 +239,7 @@ def test_corrupt_image_is_flagged_not_raised(mimic_root: Path):
     assert batch["valid"] == [True, True, True, False]
     assert batch["error"][:3] == [None, None, None]
     assert batch["error"][3].startswith("frontal: '") and "d12.jpg" in batch["error"][3]
-    assert "UnidentifiedImageError" in batch["error"][3]
+    assert "ValueError" in batch["error"][3] and "not a recognised image file" in batch["error"][3]
     assert batch["n_views"] == [4 - 2, 3, 3, None]  # study 1: frontal+lateral; 2: +prior pair; 3: +prior frontal
     assert batch["study_id"] == ["50000001", "50000002", "50000003", "50000006"]
     assert len(calls) == 3  # fn is never called for the corrupt study
@@ -370,3 +370,21 @@ def test_write_reference_csv_outside_relative_root(tmp_path: Path):
     row = {"frontal": str(tmp_path / "a.jpg"), "lateral": None, "prior_frontal": None, "prior_lateral": None}
     with pytest.raises(ValueError, match="is not inside relative_to="):
         write_reference_csv([{**row, "report": "r", "study_id": "s1"}], tmp_path / "t.csv", relative_to=tmp_path / "x")
+
+
+def test_dicom_views_decode_once_in_the_dataset_transform(tmp_path: Path):
+    import numpy as np
+
+    from tests.processing.dicom_factory import write_dicom
+
+    pixels = np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 7
+    dicom = write_dicom(tmp_path / "pa.dcm", pixels, bits_stored=12)
+    lateral = str(_jpeg(tmp_path / "l.jpg"))
+    rows = [
+        {"frontal": str(dicom), "lateral": lateral, "prior_frontal": None, "prior_lateral": None, "report": "Clear."}
+    ]
+    row = set_study_transform(dataset_from_rows(rows))[0]
+    assert row["valid"] is True and row["frontal"].mode == "L" and row["frontal"].size == (24, 20)
+    from modeling_alta.cxr_io_alta import load_image
+
+    assert np.array_equal(np.asarray(row["frontal"]), np.asarray(load_image(dicom)))

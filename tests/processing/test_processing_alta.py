@@ -11,7 +11,7 @@ import torch
 from transformers import BertTokenizer
 
 from modeling_alta.image_processing_alta import AltaImageProcessor
-from modeling_alta.processing_alta import AltaProcessor
+from modeling_alta.processing_alta import AltaProcessor, encode_texts
 from tests.isolation import run_isolated
 
 
@@ -79,6 +79,24 @@ def test_long_report_is_truncated_with_a_warning(processor, caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith("report 0 has") and "truncated to max_length=128" in m for m in messages), messages
     assert not any(m.startswith("report 1") for m in messages)
+
+
+def test_encode_texts_pads_instead_of_cutting_without_truncation(processor):
+    tokenizer = processor.tokenizer
+    long_text = " ".join(["effusion"] * 30)
+    cut = encode_texts(tokenizer, ["edema", long_text], max_length=10, return_tensors="pt")
+    assert cut["input_ids"].shape == (2, 10)
+    whole = encode_texts(tokenizer, ["edema", long_text], max_length=10, truncation=False, return_tensors="pt")
+    assert whole["input_ids"].shape[1] > 10 and whole["attention_mask"][1].all()
+    short = encode_texts(tokenizer, ["edema"], max_length=10, truncation=False, return_tensors="pt")
+    assert short["input_ids"].shape == (1, 10)
+    # process_text cleanup drops one-word sentences, as the reference does; evaluation accepts the empty prompt
+    cleaned = encode_texts(tokenizer, ["Cardiomegaly."], 8, clean_text=True, allow_empty=True, return_tensors="pt")
+    assert int(cleaned["attention_mask"].sum()) == 2  # [CLS] [SEP]
+    with pytest.raises(ValueError, match="study 7 is empty after process_text"):
+        encode_texts(tokenizer, ["Cardiomegaly."], 8, clean_text=True, names=["study 7"])
+    # The processor's text path is this function.
+    assert processor(text=["edema", long_text], max_length=10)["input_ids"] == cut["input_ids"].tolist()
 
 
 def test_bad_studies_raise_with_the_study_index(processor):

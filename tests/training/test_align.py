@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 
 from configuration import load_preset
 from modeling_alta import AltaForPreTraining
-from training.align import GlobalBatchSampler, NonFiniteLossError, learning_rate_at, main, parse_args
+from training.align import NonFiniteLossError, main, parse_args
+from training.build import learning_rate_at
+from training.data import GlobalBatchSampler
 from training.losses import AltaPretrainingLoss
 
 from ..conftest import REPO_ROOT
@@ -293,19 +295,27 @@ def test_backbone_mode_trains_everything_but_the_adapters(tmp_path: Path, parity
     assert all(torch.count_nonzero(v) == 0 for k, v in weights.items() if k.endswith("up_proj.weight"))
 
 
-def test_study_randomness_does_not_depend_on_the_dataloader_worker(parity_dir: Path, dataset: Path) -> None:
-    from processing.collate import AltaPretrainingCollator
-    from processing.datasets import load_study_dataset
-    from training.align import AlignCollator, IndexedStudies, _load_processor
+def test_text_dropout_changes_the_text_tower_only_and_is_saved(tmp_path: Path, parity_dir: Path) -> None:
+    from modeling_alta import AltaConfig
+    from training.arguments import AlignArguments, ModelArguments
+    from training.build import build_model
 
-    config = load_preset("alta-tiny", **json.loads(SMALL))
-    processor = _load_processor(str(parity_dir / "BiomedVLP-CXR-BERT-specialized"), AltaForPreTraining(config))
-    studies = IndexedStudies(load_study_dataset(dataset))
-    collate = AlignCollator(AltaPretrainingCollator(processor), seed=3, num_patches=4, num_slots=4)
-    in_main = collate([studies[5], studies[2]])
-    loader = torch.utils.data.DataLoader(
-        studies, batch_size=2, collate_fn=collate, num_workers=2, sampler=[7, 1, 5, 2]
+    model_args = ModelArguments(
+        preset="alta-tiny",
+        tokenizer_name_or_path=str(parity_dir / "BiomedVLP-CXR-BERT-specialized"),
+        config_overrides=SMALL,
+        text_dropout=0.3,
     )
-    in_workers = list(loader)[1]  # the second batch is collated by worker 1
-    for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
-        torch.testing.assert_close(in_workers[key], in_main[key], atol=0, rtol=0, msg=key)
+    model, _, _ = build_model(model_args, AlignArguments(output_dir=str(tmp_path)))
+    text = model.alta.text_model
+    text_dropouts = {m.p for m in text.modules() if isinstance(m, torch.nn.Dropout)}
+    text_dropouts |= {m.dropout for m in text.modules() if isinstance(getattr(m, "dropout", None), float)}
+    assert text_dropouts == {0.3}
+    vision_attention = {
+        m.dropout for m in model.alta.vision_model.modules() if isinstance(getattr(m, "dropout", None), float)
+    }
+    assert vision_attention == {model.config.vision_config.attention_dropout} == {0.0}
+    model.save_pretrained(tmp_path / "saved")
+    saved = AltaConfig.from_pretrained(tmp_path / "saved")
+    assert saved.text_config.hidden_dropout_prob == saved.text_config.attention_probs_dropout_prob == 0.3
+    assert saved.vision_config.attention_dropout == 0.0
