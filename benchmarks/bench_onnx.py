@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import onnxruntime as ort
 
-    from inference.onnx_export import export_tower
+    from inference.onnx_export import AltaOnnxImageTower, export_tower
 
     config = base_config(args.quick)
     model = AltaModel(config).eval()
+    tower = AltaOnnxImageTower(model).eval()  # what is exported, run eagerly: the same computation on both sides
     size = config.vision_config.image_size
     threads = torch.get_num_threads()
     results: dict[str, float] = {}
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         def run_torch(x=x):
             with torch.inference_mode():
-                return model.get_image_features(x)
+                return tower(x)
 
         def run_onnx(feed=feed):
             return session.run(None, feed)[0]
