@@ -331,6 +331,10 @@ class AltaDemo:
 
     # -- heatmap --------------------------------------------------------------------------------------------------
 
+    def model_view(self, image: Any) -> Image.Image:
+        """The gray crop the model sees of one image (`inference.heatmaps.model_view`)."""
+        return model_view(self.processor, image)
+
     def heatmap(
         self, image: Any, phrase: str, reduction: str = "mean", vmax: float = 1.0
     ) -> tuple[Image.Image, np.ndarray]:
@@ -345,7 +349,7 @@ class AltaDemo:
         if image in (None, ""):
             raise ValueError("upload an image (PNG, JPEG or DICOM)")
         similarity = word_patch_similarity(self.model, self.processor, image, phrase, reduction=reduction)
-        view = model_view(self.processor, image)
+        view = self.model_view(image)
         figure = similarity_heatmap_figure(view, similarity, phrase=phrase, vmax=vmax)
         return figure_to_image(figure), similarity
 

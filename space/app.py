@@ -77,9 +77,7 @@ def build_app(demo: AltaDemo, examples: list[list[str | None]] | None = None) ->
     def classify(frontal, lateral, prior_frontal, prior_lateral, ensemble, labels_text):
         try:
             result = demo.classify(frontal, lateral, prior_frontal, prior_lateral, ensemble, labels_text)
-            from inference.heatmaps import model_view
-
-            view = model_view(demo.processor, frontal)
+            view = demo.model_view(frontal)
         except (ValueError, TypeError, OSError) as err:
             raise _fail(err) from err
         bars = pd.DataFrame({"class": result.class_names, "probability": result.probabilities})

@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 
 
-pytest.importorskip("gradio")
-pytest.importorskip("gradio_client")
-
 GALLERY_SIZE = 12
 
 

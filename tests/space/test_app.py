@@ -25,6 +25,10 @@ from ..conftest import REPO_ROOT
 from .conftest import GALLERY_SIZE
 
 
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+
+
 def _client(url: str):
     from gradio_client import Client
 
@@ -117,12 +121,19 @@ def test_classify_a_dicom_upload(running_app, gallery_images, tmp_path: Path) ->
         assert got[name] == pytest.approx(prob, abs=1e-6)
 
 
-def test_classify_errors_reach_the_client(running_app) -> None:
+def test_classify_errors_reach_the_client(running_app, tmp_path: Path) -> None:
     from gradio_client.exceptions import AppError
 
     _, url = running_app
+    client = _client(url)
     with pytest.raises(AppError, match="a frontal image is needed"):
-        _client(url).predict(None, None, None, None, "demo", "", api_name="/classify")
+        client.predict(None, None, None, None, "demo", "", api_name="/classify")
+    not_an_image = tmp_path / "scan.png"
+    not_an_image.write_bytes(b"not a PNG")
+    with pytest.raises(AppError, match="not a recognised image file"):
+        client.predict(_file(not_an_image), None, None, None, "demo", "", api_name="/classify")
+    with pytest.raises(AppError, match="at least two labels"):
+        client.predict(_file(not_an_image), None, None, None, "typed labels", "effusion", api_name="/classify")
 
 
 def _direct_gallery(demo: AltaDemo):

@@ -15,6 +15,10 @@ from inference.embedding import default_text_length, embed_images, embed_texts
 from inference.zero_shot import ZeroShotClassifier
 
 
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(

@@ -15,6 +15,9 @@ import pytest
 from space.stage import MARKER, stage
 
 
+pytest.importorskip("gradio")  # the staged app imports it
+
+
 FLOW = """
 import json, sys
 import app
