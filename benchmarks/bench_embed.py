@@ -7,7 +7,9 @@ For each process count (1, 2) and dtype (fp32, bf16 autocast) it measures:
 - **alta-embed**: the command itself (one process, or `accelerate launch` with N) on a folder of PNG files: listing,
   decoding in DataLoader workers, the forward, writing the parts; images/s is the steady rate the command reports
   (`inputs_per_second`: inputs after each process's first batch over the time they took, summed over processes);
-- the ratio of the two, in alternating rounds (the median of the per-round ratios; the rates are the best rounds).
+- on CPU, the CPU time per image of the whole alta-embed process tree (main process and decoding workers, one torch
+  thread) against the model's alone: steady on a shared machine, where wall-clock rates are not;
+- the ratio of the two rates, in alternating rounds (the median of the per-round ratios; the rates are the best rounds).
   Decoding must not be the bottleneck: the target is >= 0.9. On a GPU the decoding runs on the CPU cores beside the
   model; on a CPU the workers and the model share the cores, so expect less there.
 
@@ -82,6 +84,63 @@ with torch.inference_mode(), autocast:
     seconds = time.perf_counter() - start
 print(json.dumps({"images_per_second": batch * batches / seconds}))
 """
+
+
+def cpu_costs(folder: Path, images: Path, batch: int, dtypes: list[str], count: int) -> dict[str, float]:
+    """CPU milliseconds per image, one thread, process time (steady on a shared machine): decoding and preprocessing
+    as alta-embed's workers do it, and the model's forward in each dtype."""
+    import torch
+
+    from inference.embed_archive import ArchiveDataset, list_image_inputs
+    from modeling_alta import AltaImageProcessor, AltaModel
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inputs = list_image_inputs(images)
+        positions = list(range(min(count, len(inputs.ids))))
+        dataset = ArchiveDataset(inputs, positions, AltaImageProcessor.from_pretrained(folder), None)
+        dataset[0]
+        start = time.process_time()
+        for index in range(len(positions)):
+            dataset[index]
+        costs = {"decode": (time.process_time() - start) / len(positions) * 1000}
+        model = AltaModel.from_pretrained(folder).eval()
+        size = model.config.vision_config.image_size
+        x = torch.randn(batch, 3, size, size)
+        for dtype in dtypes:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                model.get_image_features(x)
+                start = time.process_time()
+                model.get_image_features(x)
+                costs[dtype] = (time.process_time() - start) / batch * 1000
+    finally:
+        torch.set_num_threads(threads)
+    return costs
+
+
+def embed_cpu_per_image(model: Path, images: Path, work: Path, dtype: str, batch: int, workers: int) -> float:
+    """CPU milliseconds per image of the whole `alta-embed` process tree (main process and decoding workers), one
+    torch thread, as the difference between a run on all images and a run on a third of them (so start-up, model
+    loading and the first batch cancel out). CPU time does not count waiting for a core, so this holds on a shared
+    machine where wall-clock rates do not."""
+    import resource
+
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    small = work / "small"
+    small.mkdir(parents=True, exist_ok=True)
+    subset = files[: max(batch, len(files) // 3)]
+    for path in subset:
+        target = small / path.name
+        if not target.exists():
+            os.link(path, target)  # a hard link is a plain file: alta-embed does not follow symbolic links
+    used = []
+    for folder in (small, images):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        alta_embed(model, folder, work / "store", "cpu", 1, batch, dtype, workers, 1)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return (used[1] - used[0]) / (len(files) - len(subset)) * 1000
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -203,6 +262,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 "model_only": references, "alta_embed": rates, "ratio": ratio})  # fmt: skip
                 print(f"- measured: {n} process(es), {dtype}: model only {references} img/s, alta-embed {rates} "
                       f"img/s, median ratio {ratio:.3f}", flush=True)  # fmt: skip
+        costs = cpu_costs(tmp / "model", images, batch, dtypes, min(count, 32))
+        cost_rows = []
+        if device.type == "cpu" and not quick:  # two more runs per dtype: left out of the CI smoke run
+            for dtype in dtypes:
+                whole = embed_cpu_per_image(tmp / "model", images, tmp / "cpu", dtype, batch, max(1, workers // 2))
+                cost_rows.append([dtype, costs["decode"], costs[dtype], whole, costs[dtype] / whole])
+    if cost_rows:
+        print("\n## CPU time per image (1 torch thread; alta-embed: main process and workers, marginal)\n")
+        headers = ["dtype", "decode + preprocess ms", "model-only ms", "alta-embed ms", "model-only / alta-embed"]
+        print(markdown_table(headers, cost_rows))
+        print(
+            "\nWhen decoding and the model share the same cores (a CPU-only run) the last column is the best "
+            "alta-embed / model-only rate ratio; with an accelerator the decoding runs beside the model, and "
+            "`model img/s x decode ms / 1000` workers per process keep up."
+        )
     print("\n## alta-embed throughput against the model alone\n")
     headers = [
         "processes",

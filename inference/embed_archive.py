@@ -634,7 +634,7 @@ def embed_parts(
             if batch["ok_positions"]:
                 pixels = batch["pixel_values"].to(device, non_blocking=True)
                 view_mask = batch.get("view_mask")
-                with autocast:
+                with torch.inference_mode(), autocast:
                     out = model.get_image_features(
                         pixels, view_mask=view_mask.to(device) if view_mask is not None else None
                     )
