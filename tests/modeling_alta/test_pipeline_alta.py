@@ -113,3 +113,17 @@ def test_pooled_embeddings_accepts_tensors_and_model_outputs():
     assert pooled_embeddings(BaseModelOutputWithPooling(last_hidden_state=x[:, None], pooler_output=x)) is x
     with pytest.raises(TypeError, match="pooler_output"):
         pooled_embeddings((x,))
+
+
+@pytest.mark.parametrize(("name", "allowed"), [("pipeline_alta", {"torch", "transformers"}), ("prompts_alta", set())])
+def test_shipped_pipeline_files_need_only_torch_and_transformers(name, allowed):
+    """What a user without this package needs for the pipelines: torch, transformers (Pillow, numpy and optionally
+    pydicom come through the image processor's files, checked in tests/processing/test_processing_alta.py)."""
+    import sys
+
+    from transformers.dynamic_module_utils import get_imports
+
+    import modeling_alta
+
+    path = Path(modeling_alta.__file__).parent / f"{name}.py"
+    assert {module for module in get_imports(path) if module not in sys.stdlib_module_names} <= allowed
