@@ -25,9 +25,7 @@ from ..conftest import REPO_ROOT
 from .synthetic import write_dataset
 
 
-SMALL = json.dumps(
-    {"vision_config": {"image_size": 32, "reconstruction_image_size": 64}, "text_config": {"max_length": 32}}
-)
+SMALL = json.dumps({"vision_config": {"image_size": 32, "reconstruction_image_size": 64}})
 
 
 def _argv(parity_dir: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
