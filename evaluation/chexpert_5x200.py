@@ -16,12 +16,11 @@ from .readers import is_positive, read_csv, require_columns, resolve_image
 from .registry import InputFile, Protocol
 from .results import (
     Figures,
+    finish_task,
     model_name,
     precision_at_k_metric,
     prepare,
     usable_ks,
-    write_embeddings,
-    write_results,
     zero_shot_accuracy_metric,
 )
 
@@ -91,12 +90,8 @@ def evaluate_chexpert_5x200_zero_shot(
     phrase = heatmap_phrase or clf.class_names[labels[0]].lower()
     figures.heatmap(model, processor, paths[0], phrase)
     result = {"task": task, **metrics, "class_names": clf.class_names, "model": model_name(model)}
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out, task, {"image_embeds": image_embeds, "class_embeds": clf.class_embeddings}
-        )
-    result["figures"] = figures.written
-    return write_results(result, out, task)
+    embeddings = {"image_embeds": image_embeds, "class_embeds": clf.class_embeddings} if save_embeddings else None
+    return finish_task(result, out, task, figures, embeddings)
 
 
 def evaluate_chexpert_5x200_image_to_text(
@@ -125,12 +120,8 @@ def evaluate_chexpert_5x200_image_to_text(
     names = dict(enumerate(CHEXPERT_5X200_CLASSES))
     figures.retrieval(processor, paths, reports, labels, labels, top, names, "CheXpert 5x200 image-to-text")
     result = {"task": task, **metrics, "num_queries": len(paths), "model": model_name(model)}
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out, task, {"image_embeds": image_embeds, "text_embeds": text_embeds}
-        )
-    result["figures"] = figures.written
-    return write_results(result, out, task)
+    embeddings = {"image_embeds": image_embeds, "text_embeds": text_embeds} if save_embeddings else None
+    return finish_task(result, out, task, figures, embeddings)
 
 
 def _run_zero_shot(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from inference.embedding import embed_images, embed_texts
 
 from .readers import is_positive, read_csv, require_columns, resolve_image
 from .registry import InputFile, Protocol
-from .results import Figures, model_name, precision_at_k_metric, prepare, usable_ks, write_embeddings, write_results
+from .results import Figures, finish_task, model_name, precision_at_k_metric, prepare, usable_ks
 
 
 # CheXpert label-column indices of the 8x200 classes (the reference scripts' `dic`).
@@ -113,18 +111,9 @@ def evaluate_chexpert_8x200_text_to_image(
 ) -> dict[str, Any]:
     """CheXpert 8x200 text-to-image: `Text` queries (20 tokens, raw, not truncated) against the candidate images;
     relevant = same CheXpert label; P@5/10/50."""
-    task = "chexpert8x200-t2i"
-    model, processor, out = prepare(model, processor, output_dir)
-    texts, query_labels = read_chexpert_8x200_queries(query_csv, "text")
-    paths, labels = read_chexpert_8x200_candidates(candidate_csv, data_root)
-    ks = usable_ks(ks, len(paths), task)
-    text_embeds = embed_texts(
-        model, processor, texts, batch_size, max_length=CHEXPERT_8X200_QUERY_LENGTH, truncation=False
-    )
-    image_embeds = embed_images(model, processor, paths, batch_size)
-    return _finish_8x200(
-        task, model, processor, out, (texts, query_labels, text_embeds), (paths, labels, image_embeds), ks,
-        "CheXpert 8x200 text-to-image", plots, save_embeddings,
+    return _evaluate_8x200(
+        "text", model, query_csv, candidate_csv, data_root, output_dir, processor, batch_size, ks, plots,
+        save_embeddings,
     )  # fmt: skip
 
 
@@ -141,47 +130,47 @@ def evaluate_chexpert_8x200_image_to_image(
     save_embeddings: bool = False,
 ) -> dict[str, Any]:
     """CheXpert 8x200 image-to-image: query images (`Path`, `Variable`) against the candidate images; P@5/10/50."""
-    task = "chexpert8x200-i2i"
-    model, processor, out = prepare(model, processor, output_dir)
-    query_paths, query_labels = read_chexpert_8x200_queries(query_csv, "image", data_root)
-    paths, labels = read_chexpert_8x200_candidates(candidate_csv, data_root)
-    ks = usable_ks(ks, len(paths), task)
-    query_embeds = embed_images(model, processor, query_paths, batch_size)
-    image_embeds = embed_images(model, processor, paths, batch_size)
-    return _finish_8x200(
-        task, model, processor, out, (query_paths, query_labels, query_embeds), (paths, labels, image_embeds), ks,
-        "CheXpert 8x200 image-to-image", plots, save_embeddings,
+    return _evaluate_8x200(
+        "image", model, query_csv, candidate_csv, data_root, output_dir, processor, batch_size, ks, plots,
+        save_embeddings,
     )  # fmt: skip
 
 
-def _finish_8x200(
-    task: str,
+def _evaluate_8x200(
+    kind: str,
     model: Any,
+    query_csv: str | os.PathLike,
+    candidate_csv: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    output_dir: str | os.PathLike | None,
     processor: Any,
-    out: Path,
-    queries: tuple[list, list, torch.Tensor],
-    candidates: tuple[list, list, torch.Tensor],
+    batch_size: int,
     ks: Sequence[int],
-    title: str,
     plots: bool,
     save_embeddings: bool,
 ) -> dict[str, Any]:
-    """P@K, the retrieval sheet, the optional embeddings file and the results JSON of an 8x200 retrieval task.
-
-    `queries` / `candidates` are `(items, labels, embeddings [N, P])`."""
-    query_items, query_labels, query_embeds = queries
-    paths, labels, image_embeds = candidates
+    """Both 8x200 tasks: queries of `kind` ("text" or "image") against the candidate images; P@K, the retrieval
+    sheet, the optional embeddings file and the results JSON."""
+    task = {"text": "chexpert8x200-t2i", "image": "chexpert8x200-i2i"}[kind]
+    model, processor, out = prepare(model, processor, output_dir)
+    queries, query_labels = read_chexpert_8x200_queries(query_csv, kind, data_root)
+    paths, labels = read_chexpert_8x200_candidates(candidate_csv, data_root)
+    ks = usable_ks(ks, len(paths), task)
+    if kind == "text":
+        query_embeds = embed_texts(
+            model, processor, queries, batch_size, max_length=CHEXPERT_8X200_QUERY_LENGTH, truncation=False
+        )
+    else:
+        query_embeds = embed_images(model, processor, queries, batch_size)
+    image_embeds = embed_images(model, processor, paths, batch_size)
     metrics, top = precision_at_k_metric(query_embeds, image_embeds, query_labels, labels, ks)
     figures = Figures(out, task, plots)
-    figures.retrieval(processor, query_items, paths, query_labels, labels, top, _names_8x200(), title)
-    result = {"task": task, **metrics, "num_queries": len(query_items), "num_candidates": len(paths)}
+    title = f"CheXpert 8x200 {kind}-to-image"
+    figures.retrieval(processor, queries, paths, query_labels, labels, top, _names_8x200(), title)
+    result = {"task": task, **metrics, "num_queries": len(queries), "num_candidates": len(paths)}
     result["model"] = model_name(model)
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out, task, {"query_embeds": query_embeds, "candidate_embeds": image_embeds}
-        )
-    result["figures"] = figures.written
-    return write_results(result, out, task)
+    embeddings = {"query_embeds": query_embeds, "candidate_embeds": image_embeds} if save_embeddings else None
+    return finish_task(result, out, task, figures, embeddings)
 
 
 def _run_text_to_image(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from inference.embedding import default_text_length, embed_images, embed_texts
 from modeling_alta.configuration_alta import STUDY_SLOTS
 
 from .registry import InputFile, Protocol
-from .results import Figures, model_name, precision_at_k_metric, prepare, write_results, zero_shot_accuracy_metric
+from .results import Figures, finish_task, model_name, precision_at_k_metric, prepare, zero_shot_accuracy_metric
 
 
 def _demo_split(dataset_split: Any, split: str = "test") -> Any:
@@ -113,9 +113,8 @@ def evaluate_demo(
         "class_names": names,
         "frontal_only": frontal_only,
         "model": model_name(model),
-        "figures": figures.written,
     }
-    return write_results(result, out, task)
+    return finish_task(result, out, task, figures)
 
 
 def _run(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -148,6 +148,21 @@ def write_embeddings(output_dir: Path | None, task: str, tensors: dict[str, torc
     return str(path)
 
 
+def finish_task(
+    result: dict[str, Any],
+    output_dir: Path | None,
+    task: str,
+    figures: Figures,
+    embeddings: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """The end of every task: the embeddings file (when `embeddings` is given), the figures' paths, and the results
+    JSON; returns `result` with `embeddings_file`, `figures` and `results_file` added."""
+    if embeddings is not None:
+        result["embeddings_file"] = write_embeddings(output_dir, task, embeddings)
+    result["figures"] = figures.written
+    return write_results(result, output_dir, task)
+
+
 def write_results(result: dict[str, Any], output_dir: Path | None, task: str) -> dict[str, Any]:
     if output_dir is not None:
         path = output_dir / f"{task}_results.json"
@@ -170,6 +185,7 @@ def model_name(model: Any) -> str:
 
 __all__ = [
     "Figures",
+    "finish_task",
     "model_name",
     "precision_at_k_metric",
     "prepare",

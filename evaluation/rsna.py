@@ -15,7 +15,7 @@ from inference.embedding import embed_images, embed_texts
 
 from .readers import read_csv, require_columns, resolve_image
 from .registry import InputFile, Protocol
-from .results import Figures, load_metric, model_name, prepare, write_embeddings, write_results
+from .results import Figures, finish_task, load_metric, model_name, prepare
 
 
 def read_rsna_list(
@@ -119,14 +119,8 @@ def evaluate_rsna_zero_shot(
         "num_positive": int(sum(labels)),
         "model": model_name(model),
     }
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out,
-            task,
-            {"image_embeds": image_embeds, "positive_embed": prompts[0], "negative_embed": prompts[1]},
-        )
-    result["figures"] = figures.written
-    return write_results(result, out, task)
+    embeddings = {"image_embeds": image_embeds, "positive_embed": prompts[0], "negative_embed": prompts[1]}
+    return finish_task(result, out, task, figures, embeddings if save_embeddings else None)
 
 
 def _run(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -534,7 +534,9 @@ class AltaVisionEmbeddings(nn.Module):
             )
         x = self.patch_embed(frames.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)  # [F, N, D]
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
-        if missing is not None and bool(missing.any()):
+        if missing is not None:
+            # No `missing.any()` shortcut: a branch on tensor values cannot be traced by torch.export (ONNX export
+            # of the study tower), and `where` with an all-False mask returns `x` unchanged.
             token = self.missing_for(grid_h, grid_w, x.dtype).expand(x.shape[0], -1, -1)
             x = torch.where(missing[:, None, None], token, x)
         positions = self.positions_for(grid_h, grid_w, x.dtype, x.device)
@@ -763,6 +765,13 @@ def _run_layers(
     )
 
 
+def _is_exporting() -> bool:
+    """True while `torch.export` (e.g. `torch.onnx.export(dynamo=True)`) or `torch.jit.trace` records the model."""
+    compiler = getattr(torch, "compiler", None)
+    exporting = getattr(compiler, "is_exporting", None) or getattr(compiler, "is_compiling", None)
+    return bool(torch.jit.is_tracing() or (exporting is not None and exporting()))
+
+
 class AltaVisionTransformer(nn.Module):
     """ViT encoder over single images or studies of up to `num_slots` frames, each frame encoded separately."""
 
@@ -821,6 +830,8 @@ class AltaVisionTransformer(nn.Module):
             view_mask (`[B, V]` bool): present slots.
             given (`bool`): the mask came from the caller (else from the frame-sum rule), for the message.
         """
+        if _is_exporting():
+            return  # a value check cannot be part of an exported graph; the caller of the exported model owns it
         source = "`view_mask`" if given else "the missing-view rule (a frame that sums to exactly 0 is missing)"
         empty = (~view_mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
