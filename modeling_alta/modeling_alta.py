@@ -832,6 +832,9 @@ class AltaVisionTransformer(nn.Module):
         """
         if _is_exporting():
             return  # a value check cannot be part of an exported graph; the caller of the exported model owns it
+        # One host sync in the common case: a study without any view has no frontal either.
+        if not bool((~view_mask[:, 0]).any()):
+            return
         source = "`view_mask`" if given else "the missing-view rule (a frame that sums to exactly 0 is missing)"
         empty = (~view_mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
@@ -1888,7 +1891,15 @@ class AltaForPreTraining(AltaPreTrainedModel):
             mask_ratio (`float`, *optional*): overrides `config.vision_config.mask_ratio`.
             return_loss (`bool`): also compute the two contrastive losses on this batch alone and the weighted sum.
                 Training across processes passes False and gathers the returned features (training/losses.py).
+            kwargs: other keys a collator or trainer may pass; ignored (per-layer outputs come from `AltaModel`
+                and the towers, with a warning when asked for here).
         """
+        asked = [k for k in ("output_attentions", "output_hidden_states") if kwargs.get(k)]
+        if asked:
+            logger.warning_once(
+                f"AltaForPreTraining returns losses and features, not per-layer outputs: {asked} ignored; use "
+                "AltaModel (vision_model_output / text_model_output) or the towers for them."
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if mlm_input_ids is not None and mlm_labels is None:
