@@ -173,7 +173,12 @@ def embed_images(
 
 def default_text_length(processor: Any) -> int:
     """The text length the model was trained with: the processor's `max_length` (saved with it; 128 for ALTA), or 128
-    for a bare tokenizer."""
+    for a bare tokenizer. The model config holds no text length (it is a tokenizer setting)."""
+    if isinstance(processor, torch.nn.Module):
+        raise TypeError(
+            f"default_text_length takes the processor (the text length is saved with it), not a model "
+            f"({type(processor).__name__})"
+        )
     return int(getattr(processor, "max_length", None) or DEFAULT_MAX_LENGTH)
 
 
