@@ -80,7 +80,7 @@ with torch.inference_mode(), autocast:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(batches):
-        model.get_image_features(x).float().cpu()
+        model.get_image_features(x, return_dict=True).pooler_output.float().cpu()
     seconds = time.perf_counter() - start
 print(json.dumps({"images_per_second": batch * batches / seconds}))
 """

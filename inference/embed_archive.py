@@ -636,7 +636,7 @@ def embed_parts(
                 view_mask = batch.get("view_mask")
                 with torch.inference_mode(), autocast:
                     out = model.get_image_features(
-                        pixels, view_mask=view_mask.to(device) if view_mask is not None else None
+                        pixels, view_mask=view_mask.to(device) if view_mask is not None else None, return_dict=True
                     )
                 embeds = F.normalize(pooled_embeddings(out).float(), dim=-1).cpu()
                 stats.forward_calls += 1

@@ -191,7 +191,7 @@ class _AltaImagePipelineMixin:
                 continue
             pixels = batch[f"{kind}_pixel_values"].to(dtype)
             view_mask = batch.get("study_view_mask") if kind == "study" else None
-            embeds = pooled_embeddings(model.get_image_features(pixels, view_mask=view_mask)).float()
+            embeds = pooled_embeddings(model.get_image_features(pixels, view_mask=view_mask, return_dict=True)).float()
             if out is None:
                 out = embeds.new_zeros(int(batch["num_items"]), embeds.shape[-1])
             out[batch[f"{kind}_positions"].to(out.device)] = embeds
@@ -329,7 +329,7 @@ class AltaZeroShotImageClassificationPipeline(_AltaImagePipelineMixin, Pipeline)
                 enc = encode_texts(self.tokenizer, batch, max_length=max_length, truncation=True,
                                    clean_text=settings["clean_text"], allow_empty=True, return_tensors="pt")  # fmt: skip
             enc = {key: value.to(device) for key, value in enc.items()}
-            chunks.append(pooled_embeddings(model.get_text_features(**enc)).float().cpu())
+            chunks.append(pooled_embeddings(model.get_text_features(**enc, return_dict=True)).float().cpu())
         embeds = torch.cat(chunks)
         index = torch.tensor(class_index, dtype=torch.long)
         sums = torch.zeros(num_classes, embeds.shape[1]).index_add_(0, index, embeds)

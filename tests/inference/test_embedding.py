@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.embedding import (
+    default_text_length,
     embed_images,
     embed_images_to_store,
     embed_reports_to_store,
@@ -121,3 +122,11 @@ def test_progress_bars_on_the_main_process_only(model_and_processor, images, tmp
     embed_images_to_store(model, processor, images[:4], list("abcd"), tmp_path / "s", batch_size=2)
     embed_texts(model, processor, ["a b", "c d", "e f"], batch_size=1)
     assert "embedding" not in capsys.readouterr().err
+
+
+def test_text_length_comes_from_the_processor(model_and_processor):
+    """A converted folder's processor carries the reference's 128 tokens; the model config has no text length."""
+    model, processor = model_and_processor
+    assert default_text_length(processor) == processor.max_length == 128
+    with pytest.raises(TypeError, match="takes the processor"):
+        default_text_length(model)
