@@ -499,7 +499,7 @@ def validate(model, processor, data_args: DataArguments, accelerator, step: int)
     classifier = ZeroShotClassifier(model, processor, {label: [label.lower()] for label in labels})
     studies = [{v: row[v] for v in STUDY_SLOTS} for row in dataset]
     with torch.no_grad():
-        predicted = classifier.predict(studies).labels
+        predicted = classifier.predict(studies, progress=False).labels
     accuracy = sum(p == y for p, y in zip(predicted, dataset["label"])) / max(len(dataset), 1)
     accelerator.log({"val/zero_shot_accuracy": accuracy}, step=step)
     logger.info("step %d: zero-shot validation accuracy %.4f", step, accuracy)
