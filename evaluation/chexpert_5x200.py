@@ -19,14 +19,13 @@ from .results import (
     Figures,
     embed_readable_images,
     embed_texts_with_progress,
-    finish,
+    finish_task,
     model_name,
     precision_at_k_metric,
     prepare,
     select,
     skip_report,
     usable_ks,
-    write_embeddings,
     zero_shot_accuracy_metric,
 )
 
@@ -124,17 +123,14 @@ def evaluate_chexpert_5x200_zero_shot(
         "class_names": clf.class_names,
         "model": model_name(model),
     }
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out, task, {"image_embeds": image_embeds, "class_embeds": clf.class_embeddings, "rows": torch.tensor(kept)}
-        )
+    embeddings = {"image_embeds": image_embeds, "class_embeds": clf.class_embeddings, "rows": torch.tensor(kept)}
     figures = Figures(out, task, plots)
 
     def draw() -> None:
         figures.confusion(pred.predictions, labels, clf.class_names)
         figures.heatmap(model, processor, paths[0], heatmap_phrase or clf.class_names[labels[0]].lower())
 
-    return finish(result, figures, out, task, draw)
+    return finish_task(result, out, task, figures, embeddings if save_embeddings else None, draw)
 
 
 def evaluate_chexpert_5x200_image_to_text(
@@ -168,10 +164,7 @@ def evaluate_chexpert_5x200_image_to_text(
     query_paths, query_labels = select(paths, kept), select(labels, kept)
     metrics, top = precision_at_k_metric(image_embeds, text_embeds, query_labels, labels, ks)
     result = {"task": task, **metrics, "num_queries": len(kept), **skip_report(skipped), "model": model_name(model)}
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out, task, {"image_embeds": image_embeds, "text_embeds": text_embeds, "rows": torch.tensor(kept)}
-        )
+    embeddings = {"image_embeds": image_embeds, "text_embeds": text_embeds, "rows": torch.tensor(kept)}
     figures = Figures(out, task, plots)
     names = dict(enumerate(CHEXPERT_5X200_CLASSES))
 
@@ -179,7 +172,7 @@ def evaluate_chexpert_5x200_image_to_text(
         title = "CheXpert 5x200 image-to-text"
         figures.retrieval(processor, query_paths, reports, query_labels, labels, top, names, title)
 
-    return finish(result, figures, out, task, draw)
+    return finish_task(result, out, task, figures, embeddings if save_embeddings else None, draw)
 
 
 def _run_zero_shot(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .readers import (
     input_columns,
     is_positive,
@@ -25,14 +23,13 @@ from .results import (
     Figures,
     embed_readable_images,
     embed_texts_with_progress,
-    finish,
+    finish_task,
     model_name,
     precision_at_k_metric,
     prepare,
     select,
     skip_report,
     usable_ks,
-    write_embeddings,
 )
 
 
@@ -139,22 +136,9 @@ def evaluate_chexpert_8x200_text_to_image(
 ) -> dict[str, Any]:
     """CheXpert 8x200 text-to-image: `Text` queries (20 tokens, raw, not truncated) against the candidate images;
     relevant = same CheXpert label; P@5/10/50. Unreadable candidates are skipped, counted and listed."""
-    task = "chexpert8x200-t2i"
-    texts, query_labels, _ = read_chexpert_8x200_queries(query_csv, "text")
-    paths, labels, wheres = read_chexpert_8x200_candidates(candidate_csv, data_root, allow_absolute_paths)
-    model, processor, out = prepare(model, processor, output_dir)
-    text_embeds = embed_texts_with_progress(
-        model, processor, texts, batch_size, desc="8x200 queries", max_length=CHEXPERT_8X200_QUERY_LENGTH,
-        truncation=False,
-    )  # fmt: skip
-    image_embeds, kept, skipped = embed_readable_images(
-        model, processor, paths, wheres, batch_size, desc="8x200 candidates", source=f"--data-root {data_root}"
-    )
-    paths, labels = select(paths, kept), select(labels, kept)
-    ks = usable_ks(ks, len(paths), task)
-    return _finish_8x200(
-        task, model, processor, out, (texts, query_labels, text_embeds), (paths, labels, image_embeds), ks,
-        "CheXpert 8x200 text-to-image", plots, save_embeddings, skip_report(skipped),
+    return _evaluate_8x200(
+        "text", model, query_csv, candidate_csv, data_root, output_dir, processor, batch_size, ks, plots,
+        save_embeddings, allow_absolute_paths,
     )  # fmt: skip
 
 
@@ -173,59 +157,61 @@ def evaluate_chexpert_8x200_image_to_image(
 ) -> dict[str, Any]:
     """CheXpert 8x200 image-to-image: query images (`Path`, `Variable`) against the candidate images; P@5/10/50.
     Unreadable queries and candidates are skipped, counted and listed."""
-    task = "chexpert8x200-i2i"
-    query_paths, query_labels, query_wheres = read_chexpert_8x200_queries(
-        query_csv, "image", data_root, allow_absolute_paths
-    )
-    paths, labels, wheres = read_chexpert_8x200_candidates(candidate_csv, data_root, allow_absolute_paths)
-    model, processor, out = prepare(model, processor, output_dir)
-    source = f"--data-root {data_root}"
-    query_embeds, query_kept, query_skipped = embed_readable_images(
-        model, processor, query_paths, query_wheres, batch_size, desc="8x200 query images", source=source
-    )
-    image_embeds, kept, skipped = embed_readable_images(
-        model, processor, paths, wheres, batch_size, desc="8x200 candidates", source=source
-    )
-    query_paths, query_labels = select(query_paths, query_kept), select(query_labels, query_kept)
-    paths, labels = select(paths, kept), select(labels, kept)
-    ks = usable_ks(ks, len(paths), task)
-    return _finish_8x200(
-        task, model, processor, out, (query_paths, query_labels, query_embeds), (paths, labels, image_embeds), ks,
-        "CheXpert 8x200 image-to-image", plots, save_embeddings, skip_report(query_skipped, skipped),
+    return _evaluate_8x200(
+        "image", model, query_csv, candidate_csv, data_root, output_dir, processor, batch_size, ks, plots,
+        save_embeddings, allow_absolute_paths,
     )  # fmt: skip
 
 
-def _finish_8x200(
-    task: str,
+def _evaluate_8x200(
+    kind: str,
     model: Any,
+    query_csv: str | os.PathLike,
+    candidate_csv: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    output_dir: str | os.PathLike | None,
     processor: Any,
-    out: Path,
-    queries: tuple[list, list, torch.Tensor],
-    candidates: tuple[list, list, torch.Tensor],
+    batch_size: int,
     ks: Sequence[int],
-    title: str,
     plots: bool,
     save_embeddings: bool,
-    skips: dict[str, Any],
+    allow_absolute_paths: bool,
 ) -> dict[str, Any]:
-    """P@K, the retrieval sheet, the optional embeddings file and the results JSON of an 8x200 retrieval task.
-
-    `queries` / `candidates` are `(items, labels, embeddings [N, P])` of the readable items."""
-    query_items, query_labels, query_embeds = queries
-    paths, labels, image_embeds = candidates
-    metrics, top = precision_at_k_metric(query_embeds, image_embeds, query_labels, labels, ks)
-    result = {"task": task, **metrics, "num_queries": len(query_items), "num_candidates": len(paths), **skips}
-    result["model"] = model_name(model)
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out, task, {"query_embeds": query_embeds, "candidate_embeds": image_embeds}
+    """Both 8x200 tasks: queries of `kind` ("text" or "image") against the candidate images; P@K over the readable
+    images, the retrieval sheet, the optional embeddings file and the results JSON."""
+    task = {"text": "chexpert8x200-t2i", "image": "chexpert8x200-i2i"}[kind]
+    queries, query_labels, query_wheres = read_chexpert_8x200_queries(query_csv, kind, data_root, allow_absolute_paths)
+    paths, labels, wheres = read_chexpert_8x200_candidates(candidate_csv, data_root, allow_absolute_paths)
+    model, processor, out = prepare(model, processor, output_dir)
+    source = f"--data-root {data_root}"
+    query_skipped: list[dict[str, str]] = []
+    if kind == "text":
+        query_embeds = embed_texts_with_progress(
+            model, processor, queries, batch_size, desc="8x200 queries", max_length=CHEXPERT_8X200_QUERY_LENGTH,
+            truncation=False,
+        )  # fmt: skip
+    else:
+        query_embeds, query_kept, query_skipped = embed_readable_images(
+            model, processor, queries, query_wheres, batch_size, desc="8x200 query images", source=source
         )
+        queries, query_labels = select(queries, query_kept), select(query_labels, query_kept)
+    image_embeds, kept, skipped = embed_readable_images(
+        model, processor, paths, wheres, batch_size, desc="8x200 candidates", source=source
+    )
+    paths, labels = select(paths, kept), select(labels, kept)
+    ks = usable_ks(ks, len(paths), task)
+    metrics, top = precision_at_k_metric(query_embeds, image_embeds, query_labels, labels, ks)
+    result = {"task": task, **metrics, "num_queries": len(queries), "num_candidates": len(paths)}
+    result.update(skip_report(query_skipped, skipped))
+    result["model"] = model_name(model)
     figures = Figures(out, task, plots)
+    title = f"CheXpert 8x200 {kind}-to-image"
 
     def draw() -> None:
-        figures.retrieval(processor, query_items, paths, query_labels, labels, top, _names_8x200(), title)
+        figures.retrieval(processor, queries, paths, query_labels, labels, top, _names_8x200(), title)
 
-    return finish(result, figures, out, task, draw)
+    embeddings = {"query_embeds": query_embeds, "candidate_embeds": image_embeds} if save_embeddings else None
+    return finish_task(result, out, task, figures, embeddings, draw)
 
 
 def _run_text_to_image(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from .results import (
     Figures,
     embed_readable_images,
     embed_texts_with_progress,
-    finish,
+    finish_task,
     model_name,
     precision_at_k_metric,
     prepare,
@@ -137,7 +137,7 @@ def evaluate_demo(
         )  # fmt: skip
         figures.heatmap(model, processor, columns["frontal"][finding], columns["label"][finding].lower())
 
-    return finish(result, figures, out, task, draw)
+    return finish_task(result, out, task, figures, draw=draw)
 
 
 def _run(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

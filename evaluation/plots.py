@@ -1,4 +1,5 @@
-"""Pictures of evaluation results: a confusion matrix, a retrieval example sheet, a word-to-patch heatmap.
+"""Pictures of evaluation results: a confusion matrix, a retrieval example sheet, a word-to-patch heatmap (on a fixed
+cosine scale, never min-max scaled per image).
 
 matplotlib is optional (the `eval` extra). The figures are drawn on `matplotlib.figure.Figure` with the Agg canvas
 directly rather than through `pyplot`, so nothing here switches the user's backend or keeps global figure state,
@@ -21,7 +22,7 @@ ImageLike = Image.Image | np.ndarray
 Item = ImageLike | str  # a retrieval query or hit: an image, or a report text
 
 
-def _figure(width: float, height: float, dpi: int):
+def _figure(width: float, height: float, dpi: int, layout: str | None = None):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -30,7 +31,7 @@ def _figure(width: float, height: float, dpi: int):
             "evaluation.plots needs matplotlib; install it with `pip install matplotlib` or the `eval` extra "
             "(`pip install -e .[eval]`)"
         ) from err
-    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -190,44 +191,122 @@ def upsample_similarity(similarity: Any, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(sim, mode="F").resize((width, height), Image.BILINEAR), dtype=np.float32)
 
 
-def plot_similarity_heatmap(
-    image: ImageLike,
-    similarity: Any,
-    path: str | os.PathLike,
-    phrase: str | None = None,
-    alpha: float = 0.45,
-    cmap: str = "jet",
-    dpi: int = 120,
-) -> Path:
-    """Write a word-to-patch similarity heatmap over a radiograph, next to the plain image.
+def similarity_overlay(
+    similarity: Any, size: tuple[int, int], vmax: float = 1.0, alpha: float = 0.7, cmap: str = "RdBu_r"
+) -> np.ndarray:
+    """The coloured overlay of a patch similarity map on a **fixed** scale: `[H, W, 4]` RGBA floats in [0, 1].
+
+    Colours map cosine similarity on `[-vmax, vmax]` (values beyond are clipped), the same for every image and
+    phrase, and the opacity of each pixel is `alpha * min(|cosine| / vmax, 1)`: a map of near-zero similarities
+    stays nearly transparent instead of being stretched over the whole colour range, as a per-image min-max
+    scaling would do with noise.
 
     Args:
-        image: the radiograph (PIL, `[H, W]` or `[H, W, C]`/`[C, H, W]` array, e.g. the model input).
-        similarity: `[h, w]` similarities of the phrase's token features to each patch (e.g. a 14x14 grid);
-            upsampled bilinearly to the image and min-max scaled for display.
+        similarity: `[h, w]` patch cosines (`inference.heatmaps.word_patch_similarity`).
+        size: `(H, W)` of the image it is drawn over (bilinear upsampling).
+        vmax: the colour scale's end, `> 0` (cosines are at most 1).
+        alpha: opacity at `|cosine| >= vmax`.
+        cmap: a diverging matplotlib colour map (default: blue negative, white zero, red positive).
+    """
+    if not vmax > 0:
+        raise ValueError(f"`vmax` must be positive (the colour scale spans [-vmax, vmax]); got {vmax}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"`alpha` must lie in [0, 1]; got {alpha}")
+    from matplotlib import colormaps
+
+    heat = upsample_similarity(similarity, size)
+    rgba = colormaps[cmap]((np.clip(heat, -vmax, vmax) + vmax) / (2 * vmax))
+    rgba[..., 3] = alpha * np.clip(np.abs(heat) / vmax, 0.0, 1.0)
+    return rgba
+
+
+def similarity_heatmap_figure(
+    image: ImageLike,
+    similarity: Any,
+    phrase: str | None = None,
+    vmax: float = 1.0,
+    alpha: float = 0.7,
+    cmap: str = "RdBu_r",
+    dpi: int = 120,
+):
+    """A word-to-patch similarity heatmap over a radiograph, next to the plain image, on a fixed colour scale.
+
+    See `similarity_overlay` for the scale; the colour bar shows it in cosine units and the caption gives the map's
+    own minimum, mean and maximum, so a weak map is read as weak.
+
+    Args:
+        image: the radiograph (PIL, `[H, W]` or `[H, W, C]`/`[C, H, W]` array), e.g. `inference.heatmaps.model_view`.
+        similarity: `[h, w]` patch cosines (e.g. a 14x14 grid).
         phrase: shown as the title.
-        alpha: opacity of the heatmap.
 
     Returns:
-        the path written.
+        a `matplotlib.figure.Figure` (Agg canvas; `figure_to_image` turns it into a PIL image).
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     gray = _as_gray(image)
-    heat = upsample_similarity(similarity, gray.shape)
-    lo, hi = float(heat.min()), float(heat.max())
-    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-    fig = _figure(7.0, 3.8, dpi)
+    sim = np.asarray(similarity, dtype=np.float32)
+    overlay = similarity_overlay(sim, gray.shape, vmax=vmax, alpha=alpha, cmap=cmap)
+    fig = _figure(7.4, 3.9, dpi, layout="constrained")  # keeps the colour bar and caption inside the canvas
     left = fig.add_subplot(1, 2, 1)
     left.imshow(gray, cmap="gray", vmin=0, vmax=1)
     left.set_title("image", fontsize=9)
     right = fig.add_subplot(1, 2, 2)
     right.imshow(gray, cmap="gray", vmin=0, vmax=1)
-    overlay = right.imshow(heat, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-    fig.colorbar(overlay, ax=right, fraction=0.046, pad=0.04, label=f"similarity (scaled; raw {lo:.3f} .. {hi:.3f})")
+    right.imshow(overlay)
+    scale = ScalarMappable(norm=Normalize(-vmax, vmax), cmap=cmap)
+    fig.colorbar(scale, ax=right, fraction=0.046, pad=0.04, label=f"cosine similarity (fixed scale ±{vmax:g})")
     right.set_title(textwrap.shorten(f'"{phrase}"', 60) if phrase else "similarity", fontsize=9)
+    fig.supxlabel(
+        f"this map: min {sim.min():.3f}, mean {sim.mean():.3f}, max {sim.max():.3f} (cosine); "
+        f"colours fixed on [-{vmax:g}, {vmax:g}], opacity grows with |cosine|",
+        fontsize=8,
+    )
     for ax in (left, right):
         ax.set_xticks([])
         ax.set_yticks([])
+    return fig
+
+
+def figure_to_image(fig) -> Image.Image:
+    """An RGB PIL image of a figure drawn by this module (rendered by its Agg canvas)."""
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+
+
+def plot_similarity_heatmap(
+    image: ImageLike,
+    similarity: Any,
+    path: str | os.PathLike,
+    phrase: str | None = None,
+    vmax: float = 1.0,
+    alpha: float = 0.7,
+    cmap: str = "RdBu_r",
+    dpi: int = 120,
+) -> Path:
+    """Write a word-to-patch similarity heatmap over a radiograph as a PNG (see `similarity_heatmap_figure`).
+
+    Args:
+        image: the radiograph (PIL, `[H, W]` or `[H, W, C]`/`[C, H, W]` array, e.g. the model input).
+        similarity: `[h, w]` patch cosines of the phrase's token features (e.g. a 14x14 grid).
+        path: the `.png` file.
+        phrase: shown as the title.
+        vmax: the colour scale spans `[-vmax, vmax]` for every map (never rescaled per image).
+
+    Returns:
+        the path written.
+    """
+    fig = similarity_heatmap_figure(image, similarity, phrase=phrase, vmax=vmax, alpha=alpha, cmap=cmap, dpi=dpi)
     return _save(fig, path)
 
 
-__all__ = ["plot_confusion_matrix", "plot_retrieval_examples", "plot_similarity_heatmap", "upsample_similarity"]
+__all__ = [
+    "figure_to_image",
+    "plot_confusion_matrix",
+    "plot_retrieval_examples",
+    "plot_similarity_heatmap",
+    "similarity_heatmap_figure",
+    "similarity_overlay",
+    "upsample_similarity",
+]

@@ -288,15 +288,27 @@ def write_results(result: dict[str, Any], output_dir: Path | None, task: str) ->
     return result
 
 
-def finish(result: dict[str, Any], figures: Figures, out: Path | None, task: str, draw) -> dict[str, Any]:
-    """Write the results, then draw the figures (`draw()`) and write the results again with them: numbers that
-    took an hour to compute are on disk before any figure can fail."""
-    write_results(result, out, task)
-    draw()
+def finish_task(
+    result: dict[str, Any],
+    output_dir: Path | None,
+    task: str,
+    figures: Figures,
+    embeddings: dict[str, torch.Tensor] | None = None,
+    draw: Any = None,
+) -> dict[str, Any]:
+    """The end of every task: the embeddings file (when `embeddings` is given), the results JSON, then the figures
+    (`draw()`), then the results JSON again with the figures' paths (and `figure_errors` if one failed). Numbers that
+    took an hour to compute are on disk before any figure is drawn. Returns `result` with `embeddings_file`,
+    `figures` and `results_file` added."""
+    if embeddings is not None:
+        result["embeddings_file"] = write_embeddings(output_dir, task, embeddings)
+    write_results(result, output_dir, task)
+    if draw is not None:
+        draw()
     result["figures"] = figures.written
     if figures.errors:
         result["figure_errors"] = figures.errors
-    return write_results(result, out, task)
+    return write_results(result, output_dir, task)
 
 
 def prepare(model: Any, processor: Any, output_dir: str | os.PathLike | None) -> tuple[Any, Any, Path | None]:
@@ -315,10 +327,10 @@ __all__ = [
     "MAX_LISTED_SKIPS",
     "embed_readable_images",
     "embed_texts_with_progress",
-    "finish",
     "select",
     "skip_report",
     "Figures",
+    "finish_task",
     "model_name",
     "precision_at_k_metric",
     "prepare",

@@ -21,13 +21,12 @@ from .registry import InputFile, Protocol
 from .results import (
     Figures,
     embed_readable_images,
-    finish,
+    finish_task,
     load_metric,
     model_name,
     prepare,
     select,
     skip_report,
-    write_embeddings,
 )
 
 
@@ -170,24 +169,19 @@ def evaluate_rsna_zero_shot(
         **skip_report(skipped),
         "model": model_name(model),
     }
-    if save_embeddings:
-        result["embeddings_file"] = write_embeddings(
-            out,
-            task,
-            {
-                "image_embeds": image_embeds,
-                "positive_embed": prompts[0],
-                "negative_embed": prompts[1],
-                "rows": torch.tensor(kept),
-            },
-        )
+    embeddings = {
+        "image_embeds": image_embeds,
+        "positive_embed": prompts[0],
+        "negative_embed": prompts[1],
+        "rows": torch.tensor(kept),
+    }
     figures = Figures(out, task, plots)
     first_positive = next((i for i, y in enumerate(labels) if y == 1), 0)
 
     def draw() -> None:
         figures.heatmap(model, processor, paths[first_positive], "pneumonia", dicom_rule="rsna")
 
-    return finish(result, figures, out, task, draw)
+    return finish_task(result, out, task, figures, embeddings if save_embeddings else None, draw)
 
 
 def _run(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 - `inference.store`: the sharded on-disk `EmbeddingStore`;
 - `inference.search`: exact top-k search over in-memory or on-disk galleries;
 - `inference.zero_shot`: zero-shot classification with prompt ensembles, class embeddings computed once;
-- `inference.heatmaps`: word-to-patch similarity maps.
+- `inference.heatmaps`: word-to-patch similarity maps;
+- `inference.onnx_export` (`alta-export-onnx`) and `inference.onnx_encoder`: the towers as ONNX files, and embedding
+  with onnxruntime through the same processor.
 """
 
 from .embedding import embed_images, embed_texts, load_model_and_processor

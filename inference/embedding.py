@@ -35,6 +35,14 @@ from .store import EmbeddingStore, EmbeddingStoreWriter, Id
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _is_hub_id(name: str) -> bool:
+    """`owner/name` that is not an existing local path: a Hub model id (transformers says so if it is neither)."""
+    if Path(name).exists() or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return False
+    parts = name.split("/")
+    return all(part and all(c.isalnum() or c in "-_." for c in part) for part in parts) and "/" in name
+
+
 def load_model_and_processor(
     model: str | os.PathLike | Any,
     processor: Any = None,
@@ -44,14 +52,22 @@ def load_model_and_processor(
 
     Args:
         model: a folder written by `alta-convert`, `save_pretrained` or `training/align.py` (its `model/` folder;
-            pre-training heads in the weights are ignored), or a model instance (`AltaModel`, `AltaForPreTraining`,
-            or their custom-code classes).
+            pre-training heads in the weights are ignored), a Hub model id (`"owner/name"`, loaded with
+            `AutoModel`/`AutoProcessor` and `trust_remote_code=True`: the model's own code runs), or a model
+            instance (`AltaModel`, `AltaForPreTraining`, or their custom-code classes).
         processor: an `AltaProcessor`; default: loaded from the model folder (`model.name_or_path` for instances).
         device: where to put the model; default: where it is (CPU for folders).
 
     Returns:
         `(model, processor)`; the model is the `AltaModel` part, in eval mode.
     """
+    if isinstance(model, str) and _is_hub_id(model):
+        from transformers import AutoModel, AutoProcessor
+
+        loaded = AutoModel.from_pretrained(model, trust_remote_code=True)
+        if processor is None:
+            processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
+        return load_model_and_processor(loaded, processor, device)
     if isinstance(model, str | os.PathLike):
         folder = Path(model)
         if not (folder / "config.json").is_file():

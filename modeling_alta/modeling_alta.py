@@ -507,7 +507,9 @@ class AltaVisionEmbeddings(nn.Module):
             )
         x = self.patch_embed(frames.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)  # [F, N, D]
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
-        if missing is not None and bool(missing.any()):
+        if missing is not None:
+            # No `missing.any()` shortcut: a branch on tensor values cannot be traced by torch.export (ONNX export
+            # of the study tower), and `where` with an all-False mask returns `x` unchanged.
             token = self.missing_for(grid_h, grid_w, x.dtype).expand(x.shape[0], -1, -1)
             x = torch.where(missing[:, None, None], token, x)
         positions = self.positions_for(grid_h, grid_w, x.dtype, x.device)

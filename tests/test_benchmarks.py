@@ -18,6 +18,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = {
     "bench_inference.py": ["## Image embedding", "| dtype | batch | ALTA images/s", "## Arithmetic limit"],
+    "bench_onnx.py": [
+        "## Image embedding on CPU",
+        "| batch | PyTorch images/s | onnxruntime images/s",
+        "- cpu flags:",
+    ],
     "bench_training.py": ["## Training step", "## Where the step goes", "## Local loss"],
     "bench_zeroshot.py": ["## Zero-shot CheXpert 5x200", "| dtype | prompts s (once)"],
 }
@@ -25,6 +30,9 @@ CASES = {
 
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest) -> None:
+    if script == "bench_onnx.py":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
     command = [sys.executable, str(BENCHMARKS / script), "--quick", "--device", "cpu", "--threads", "1"]
     if script == "bench_zeroshot.py":  # the tokenizer vocabulary lives with the parity goldens
         command += ["--tokenizer", str(request.getfixturevalue("parity_dir") / "BiomedVLP-CXR-BERT-specialized")]

@@ -34,6 +34,7 @@ if __package__ in (None, ""):
 import torch
 
 from modeling_alta.configuration_alta import STUDY_SLOTS
+from processing.demo_data import strip_boilerplate
 from training import align
 
 
@@ -53,23 +54,6 @@ def build_vocabulary(texts: list[str], folder: Path) -> Path:
     tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"))
     tokenizer.save_pretrained(folder)
     return folder
-
-
-# Technique and comparison boilerplate ("PA and lateral views of the chest.", "No comparison study.") says which
-# views a study has; a small model aligned for a few hundred steps matches reports to studies by that alone (the
-# study embedding encodes the missing-view pattern) and never learns the findings. Measured on this demo: zero-shot
-# accuracy stayed at chance with them, see the note on the issue. Finding and change sentences are kept.
-BOILERPLATE = re.compile(
-    r"(?:^|(?<=\s))(?:PA and lateral views of the chest|Frontal and lateral chest radiographs|Two views of the chest|"
-    r"Portable AP view of the chest|AP upright radiograph of the chest|Single frontal view of the chest|"
-    r"Compared with the previous study|Comparison is made with the prior radiograph|No comparison study|"
-    r"No prior studies are available for comparison)\.\s*"
-)
-
-
-def strip_boilerplate(report: str) -> str:
-    """The report without its technique and comparison sentences (see `BOILERPLATE`)."""
-    return re.sub(r"\s+", " ", BOILERPLATE.sub("", report)).strip()
 
 
 def frontal_only(dataset):

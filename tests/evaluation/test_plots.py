@@ -10,9 +10,12 @@ from PIL import Image
 pytest.importorskip("matplotlib")
 
 from evaluation.plots import (  # noqa: E402
+    figure_to_image,
     plot_confusion_matrix,
     plot_retrieval_examples,
     plot_similarity_heatmap,
+    similarity_heatmap_figure,
+    similarity_overlay,
     upsample_similarity,
 )
 
@@ -75,3 +78,39 @@ def test_similarity_heatmap(tmp_path):
     assert up[168, 72] == pytest.approx(0.8) and up[20, 200] == 0.0  # the hot patch lands where it was
     with pytest.raises(ValueError, match=r"\[h, w\]"):
         plot_similarity_heatmap(image, np.zeros(196), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="vmax"):
+        plot_similarity_heatmap(image, similarity, tmp_path / "bad.png", vmax=0)
+
+
+def test_heatmap_colour_scale_is_fixed_not_stretched():
+    """Noise stays (nearly) invisible, a map and its double are drawn differently, signs get opposite colours:
+    none of which holds under the per-image min-max scaling the heatmap used to have."""
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(-0.01, 0.01, (14, 14)).astype(np.float32)
+    overlay = similarity_overlay(noise, (112, 112), vmax=1.0, alpha=0.7)
+    assert overlay.shape == (112, 112, 4)
+    assert overlay[..., 3].max() <= 0.7 * 0.01 + 1e-6  # at most 0.7 % opaque
+    # min-max scaling would stretch the same noise over the whole range, fully opaque somewhere
+    stretched = (noise - noise.min()) / (noise.max() - noise.min())
+    assert stretched.max() == 1.0 and stretched.min() == 0.0
+
+    signal = np.zeros((14, 14), dtype=np.float32)
+    signal[2:5, 9:12] = 0.4
+    signal[10:12, 1:3] = -0.4
+    weak, strong = similarity_overlay(signal, (112, 112)), similarity_overlay(2 * signal, (112, 112))
+    hot, cold, background = (28, 84), (86, 12), (60, 60)  # pixel centres of the positive, negative and empty patches
+    assert strong[hot][3] == pytest.approx(2 * weak[hot][3]) and strong[hot][3] == pytest.approx(0.7 * 0.8)
+    assert weak[hot][0] > weak[hot][2] and weak[cold][2] > weak[cold][0]  # red for positive, blue for negative
+    assert weak[background][3] == 0.0
+    # values beyond the scale are clipped, not rescaled
+    np.testing.assert_allclose(
+        similarity_overlay(5 * signal, (112, 112))[hot], similarity_overlay(3 * signal, (112, 112))[hot]
+    )
+
+
+def test_heatmap_figure_renders_to_an_image():
+    image = (np.random.default_rng(1).random((128, 128)) * 255).astype(np.uint8)
+    similarity = np.full((8, 8), 0.05, dtype=np.float32)
+    picture = figure_to_image(similarity_heatmap_figure(image, similarity, phrase="edema", vmax=0.5))
+    assert picture.mode == "RGB" and picture.width > picture.height > 200
+    assert np.asarray(picture).std() > 5

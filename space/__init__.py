@@ -1,0 +1,1 @@
+"""The web demo (a Hugging Face Space folder); a package only so tests can import it."""
