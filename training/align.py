@@ -135,8 +135,10 @@ class Run:
         default_factory=lambda: StudyNotices("report truncated to --max_length tokens", logger)
     )
     monitor: InterruptMonitor | None = None
-    consecutive_skipped: int = 0
+    consecutive_skipped: int = 0  # micro-batches skipped in a row (on every process)
+    studies_left_out: int = 0  # studies (all processes) in those batches
     epoch_readable: int = 0
+    epoch_left_out: int = 0
     last_checkpoint: Path | None = None
     stop_signal: int = 0  # the signal that stopped the run (on any process), 0 if none
     interrupted: bool = False
@@ -326,7 +328,8 @@ def _no_readable_data(run: Run, batches: int, skipped: int, reason: str) -> NoRe
 
 
 def epoch_batches(run: Run):
-    """The current epoch's batches from where the state stands, on the run's device.
+    """The current epoch's batches from where the state stands (on the CPU; `_global_studies` holds the number of
+    studies of this micro-batch over all processes).
 
     Unreadable studies are counted over all processes (`state.skipped_studies`) and each is named once
     (`run.skips`). A micro-batch in which some process has no readable study is skipped by every process, so all of
@@ -354,10 +357,12 @@ def epoch_batches(run: Run):
                     readable,
                 )
             run.consecutive_skipped += 1
+            run.studies_left_out += int(counts.sum())
+            run.epoch_left_out += int(counts.sum())
             if run.consecutive_skipped >= limit:
-                raise _no_readable_data(run, run.consecutive_skipped, run.state.skipped_studies, "No readable data")
+                raise _no_readable_data(run, run.consecutive_skipped, run.studies_left_out, "No readable data")
             continue
-        run.consecutive_skipped = 0
+        run.consecutive_skipped = run.studies_left_out = 0
         run.epoch_readable += int(counts[:, 0].sum())
         batch["_global_studies"] = int(counts[:, 0].sum())
         yield batch
@@ -449,11 +454,11 @@ def train(run: Run) -> float:
         run.model.train()
         while state.global_step < run.max_steps and not run.interrupted:
             started_at_batch = state.batch_in_epoch
-            run.epoch_readable = 0
+            run.epoch_readable = run.epoch_left_out = 0
             if train_epoch(run, progress, clock):
                 if started_at_batch == 0 and run.epoch_readable == 0:
                     raise _no_readable_data(
-                        run, len(run.sampler), run.state.skipped_studies, f"No readable study in epoch {state.epoch}"
+                        run, len(run.sampler), run.epoch_left_out, f"No readable study in epoch {state.epoch}"
                     )
                 state.epoch += 1
                 state.batch_in_epoch = 0

@@ -457,3 +457,6 @@ def test_two_processes_ctrl_c_count_skips_stay_in_step_and_listen_on_loopback_on
     state = _state(saved[0])
     assert state["skipped_studies"] == _simulate_skips(12, 2, 2, corrupt, steps=state["global_step"])
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["checkpoint"]["files"])
+    # resuming this two-process checkpoint in one process would not continue it exactly: refused, naming why
+    with pytest.raises(CheckpointError, match=r"the number of processes .*: checkpoint 2, now 1"):
+        main([*argv[: argv.index("--max_steps")], "--max_steps", "100000", "--resume_from_checkpoint", "latest"])
