@@ -188,6 +188,7 @@ def test_rsna_checks_the_folds_before_embedding(model_dir, rsna, tmp_path, monke
         main([*argv, "--output-dir", str(tmp_path / "a")])
 
 
+@pytest.mark.filterwarnings("ignore:Expected implicit VR:UserWarning")  # pydicom on the broken file
 def test_rsna_keeps_the_auroc_when_skips_break_the_folds(model_dir, rsna, tmp_path):
     good = (rsna / "list.txt").read_text().splitlines()[:9]  # 4 positives, 5 negatives
     (rsna / "list-with-broken.txt").write_text("\n".join([*good, "broken.dcm 1"]) + "\n")  # 5 and 5 as listed

@@ -199,6 +199,7 @@ def test_an_explicit_checkpoint_that_does_not_verify_is_refused_naming_the_file(
         resolve_checkpoint(str(out / "checkpoints" / "step-00000009"), args)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the planted payload's protocol
 def test_missing_or_tampered_random_states_refuse_an_inexact_resume(checkpointed, tmp_path):
     out = _copy_run(checkpointed, tmp_path)
     args = AlignArguments(output_dir=str(out))
