@@ -207,3 +207,16 @@ def test_rsna_list_must_be_utf8(model_dir, rsna, tmp_path):
     bad.write_bytes("0.dcm 0\n1.dcm 1 é\n".encode("latin-1"))
     with pytest.raises(ValueError, match=rf"{bad}: not UTF-8 text \(byte \d+, line 2"):
         main(["rsna-zeroshot", "--model", str(model_dir), "--list", str(bad), "--data-root", str(rsna)])
+
+
+def test_a_mistyped_model_folder_says_it_does_not_exist(images, tmp_path):
+    root, names = images
+    csv_path = _csv(tmp_path / "set.csv", [_row(i, name) for i, name in enumerate(names)])
+    with pytest.raises(FileNotFoundError, match=r"model folder 'runs/typo/model' does not exist"):
+        main(
+            ["chexpert5x200-zeroshot", "--model", "runs/typo/model", "--csv", str(csv_path), "--data-root", str(root)]
+        )
+    with pytest.raises(
+        FileNotFoundError, match=r"model 'someone/typo': there is no local folder .* not found on the Hub"
+    ):
+        main(["chexpert5x200-zeroshot", "--model", "someone/typo", "--csv", str(csv_path), "--data-root", str(root)])
