@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. FLOPs per image and the machine's GEMM rate.
     one = torch.randn(1, 3, image_size, image_size, device=device)
     with torch.inference_mode():
-        flops = {"alta": count_flops(lambda: alta.get_image_features(one)), "vit": count_flops(lambda: vit(one))}
+        flops = {
+            "alta": count_flops(lambda: alta.get_image_features(one).pooler_output),
+            "vit": count_flops(lambda: vit(one)),
+        }
     torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     gen = torch.Generator().manual_seed(0)
     gemm_inputs = {
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
             def run_alta(x=x, dtype=dtype):
                 with torch.inference_mode(), autocast(device, dtype):
-                    return alta.get_image_features(x)
+                    return alta.get_image_features(x).pooler_output
 
             def run_vit(x=x, dtype=dtype):
                 with torch.inference_mode(), autocast(device, dtype):
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
             def run_alta_text(ids=ids, mask=mask, dtype=dtype):
                 with torch.inference_mode(), autocast(device, dtype):
-                    return alta.get_text_features(ids, mask)
+                    return alta.get_text_features(ids, mask).pooler_output
 
             def run_bert(ids=ids, mask=mask, dtype=dtype):
                 with torch.inference_mode(), autocast(device, dtype):

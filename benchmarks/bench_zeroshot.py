@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def encode_text(texts: list[str]) -> torch.Tensor:
         enc = tokenizer(texts, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
-        return model.get_text_features(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")).float()
+        features = model.get_text_features(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+        return features.pooler_output.float()
 
     results: dict[str, float] = {}
     rows = []
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         with torch.inference_mode(), autocast(device, dtype):
             for first in range(0, args.images, args.batch_size):
                 n = min(args.batch_size, args.images - first)
-                image_embeds = model.get_image_features(pixels[:n]).float()
+                image_embeds = model.get_image_features(pixels[:n]).pooler_output.float()
                 predictions.append(zero_shot_logits(image_embeds, class_embeds).argmax(dim=-1))
         predicted = torch.cat(predictions).cpu()
         image_seconds = now() - start

@@ -92,7 +92,7 @@ def evaluate_demo(
         if frontal is None:
             raise ValueError(f"demo split row {i} (study {ds[i].get('study_id', i)!r}) has no frontal image")
     clf = ZeroShotClassifier(
-        model, processor, class_prompts or "demo", clean_text=False, max_length=default_text_length(model)
+        model, processor, class_prompts or "demo", clean_text=False, max_length=default_text_length(processor)
     )
     names = clf.class_names
     unknown = sorted({label for label in columns["label"] if label not in names})

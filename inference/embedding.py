@@ -7,7 +7,7 @@ Embedding conventions (alta_reference.md §8):
 - a **study** (a dict with keys among `frontal`, `lateral`, `prior_frontal`, `prior_lateral`, or an ordered list of up
   to four views with `None` for a gap) goes through the multiview/temporal path (`pixel_values [B,V,3,H,W]` with an
   explicit `view_mask`), which the reference does not evaluate;
-- a **text** is tokenised like training (`max_length` from the model config, raw text) unless told otherwise
+- a **text** is tokenised like training (`max_length` from the processor, raw text) unless told otherwise
   (`clean_text=True` applies the reference's `process_text`; `truncation=False` pads to the longest text instead of
   cutting, as the reference's retrieval scripts do).
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_alta.modeling_alta import unwrap_alta_model
-from modeling_alta.processing_alta import encode_texts
+from modeling_alta.processing_alta import DEFAULT_MAX_LENGTH, encode_texts
 
 from .store import EmbeddingStore, EmbeddingStoreWriter, Id
 
@@ -167,8 +167,10 @@ def embed_images(
     for inputs in batches:
         view_mask = inputs.get("view_mask")
         feats = model.get_image_features(
-            inputs["pixel_values"].to(device), view_mask=view_mask.to(device) if view_mask is not None else None
-        )
+            inputs["pixel_values"].to(device),
+            view_mask=view_mask.to(device) if view_mask is not None else None,
+            return_dict=True,
+        ).pooler_output
         out.append(feats.float().cpu())
     embeds = torch.cat(out)
     return F.normalize(embeds, dim=-1) if normalize else embeds
@@ -179,9 +181,15 @@ def embed_images(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def default_text_length(model: Any) -> int:
-    """The text length the model was trained with (`text_config.max_length`, 128 for ALTA)."""
-    return int(getattr(unwrap_alta_model(model, "dual_encoder").config.text_config, "max_length", 128) or 128)
+def default_text_length(processor: Any) -> int:
+    """The text length the model was trained with: the processor's `max_length` (saved with it; 128 for ALTA), or 128
+    for a bare tokenizer. The model config holds no text length (it is a tokenizer setting)."""
+    if isinstance(processor, torch.nn.Module):
+        raise TypeError(
+            f"default_text_length takes the processor (the text length is saved with it), not a model "
+            f"({type(processor).__name__})"
+        )
+    return int(getattr(processor, "max_length", None) or DEFAULT_MAX_LENGTH)
 
 
 @torch.no_grad()
@@ -199,7 +207,8 @@ def embed_texts(
 
     Args:
         texts: N strings.
-        max_length: padding length; default the model's training length (`text_config.max_length`).
+        max_length: padding length; default the training length the processor was saved with
+            (`processor.max_length`).
         clean_text, truncation: see `modeling_alta.processing_alta.encode_texts`.
         normalize: L2-normalise (reports and queries); `False` for prompt-ensemble means.
 
@@ -208,7 +217,7 @@ def embed_texts(
     """
     model = unwrap_alta_model(model, "dual_encoder")
     tokenizer = getattr(processor, "tokenizer", processor)
-    length = max_length or default_text_length(model)
+    length = max_length or default_text_length(processor)
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
         raise ValueError("`texts` is empty; nothing to embed")
@@ -230,7 +239,7 @@ def embed_texts(
                 f"a text in this batch has {enc['input_ids'].shape[1]} tokens, more than the model's "
                 f"{limit} positions; starts {batch[int(enc['attention_mask'].sum(1).argmax())][:60]!r}"
             )
-        feats = model.get_text_features(**{k: v.to(device) for k, v in enc.items()})
+        feats = model.get_text_features(**{k: v.to(device) for k, v in enc.items()}, return_dict=True).pooler_output
         out.append(feats.float().cpu())
     embeds = torch.cat(out)
     return F.normalize(embeds, dim=-1) if normalize else embeds

@@ -66,7 +66,7 @@ def word_patch_similarity(
         raise ValueError(f"the heatmap needs one image, not a study; got pixel_values of shape {tuple(pixels.shape)}")
     patches = F.normalize(model.get_image_patch_features(pixels.to(device))[0].float(), dim=-1)  # [N, P]
     tokenizer = getattr(processor, "tokenizer", processor)
-    enc = encode_texts(tokenizer, [phrase], default_text_length(model), return_tensors="pt")
+    enc = encode_texts(tokenizer, [phrase], default_text_length(processor), return_tensors="pt")
     tokens = model.get_text_token_features(**{k: v.to(device) for k, v in enc.items()})[0].float()  # [L, P]
     n_tokens = int(enc["attention_mask"][0].sum())
     if n_tokens <= 2:

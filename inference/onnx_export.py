@@ -139,7 +139,7 @@ def example_inputs(model: Any, processor: Any, tower: str, batch: int, seed: int
     if tower == "text":
         tokenizer = getattr(processor, "tokenizer", processor)
         texts = [_EXAMPLE_TEXTS[i % len(_EXAMPLE_TEXTS)] for i in range(batch)]
-        enc = encode_texts(tokenizer, texts, default_text_length(model), return_tensors="pt")
+        enc = encode_texts(tokenizer, texts, default_text_length(processor), return_tensors="pt")
         return {name: enc[name] for name in TEXT_INPUTS}
     raise ValueError(f"unknown tower {tower!r}; choose from {TOWERS}")
 
@@ -319,7 +319,7 @@ def export_onnx(
         "num_slots": _num_slots(model),
         "study_slots": list(STUDY_SLOTS[: _num_slots(model)]),
         "study_pooling": str(getattr(model.config.vision_config, "study_pooling", "all")),
-        "text_max_length": default_text_length(model),
+        "text_max_length": default_text_length(processor),
         "max_position_embeddings": int(model.config.text_config.max_position_embeddings),
         "logit_scale": float(model.logit_scale.detach().float().exp()),
         "features": "unnormalised projections (get_image_features / get_text_features)",

@@ -24,6 +24,10 @@ under `base_model_prefix`, i.e. `AltaModel`: both towers and the projection head
 an adapter trained with `AltaForPreTraining` loads onto `AltaModel` for inference:
 
 - `structure`: sha256 of the sorted `name:shape` lines. A mismatch always refuses the load.
+- `architecture`: what the weights do not show: the attention-head counts and every size of the config (encoder,
+  decoder, text, projection; `_ARCHITECTURE_FIELDS`). A base with other heads has tensors of the same shapes but
+  computes other features, so a mismatch always refuses the load too, naming the fields that differ. (Adapter files
+  written before this field existed load with a warning that the architecture could not be checked.)
 - `weights`: sha256 of the raw bytes of those parameters' values (so their dtype counts here). A mismatch means the
   adapter was trained on other base weights, or the base was cast (e.g. to bfloat16): refused unless
   `verify_base_weights=False`. Hashing the ~225M frozen values of alta-base takes about a second on a CPU.
@@ -74,6 +78,43 @@ _ADAPTER_FIELDS = tuple(f.name for f in fields(AltaAdapterConfig))
 # Fields that decide which adapter modules exist and what they compute; they must agree between file and model.
 _STRUCTURAL_FIELDS = ("act", "mlp_scale", "placement", "layers")
 _TOWERS = ("vision", "text")
+# Config fields that fix what the frozen base computes beyond its tensor shapes: head counts (invisible in the
+# weights) and every size, by config (`""` is the top-level `AltaConfig`, or the tower config of a tower model).
+_ARCHITECTURE_FIELDS = {
+    "": ("projection_dim", "projection_layer_norm_eps"),
+    "vision_config": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "qkv_bias",
+        "num_view_kinds",
+        "num_times",
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+        "reconstruction_image_size",
+        "reconstruction_patch_size",
+    ),
+    "text_config": (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "pad_token_id",
+    ),
+}
 
 
 @dataclass
@@ -171,6 +212,7 @@ def validate_alta_adapter_config(data: dict[str, Any], source: str) -> AltaAdapt
         ("weights", lambda v: isinstance(v, str), "a string"),
         ("num_parameters", lambda v: v is None or _is_int(v), "an integer"),
         ("version", _is_int, "an integer"),
+        ("architecture", lambda v: isinstance(v, dict), "an object"),
         (
             "tensors",
             lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
@@ -337,10 +379,33 @@ class AltaAdapterMixin:
         return {
             "version": version,
             "structure": structure.hexdigest(),
+            "architecture": self.alta_base_architecture(),
             "weights": weights.hexdigest(),
             "num_parameters": count,
             "tensors": per_tensor,
         }
+
+    def alta_base_architecture(self) -> dict[str, Any]:
+        """`{"vision_config.num_attention_heads": 12, ...}`: head counts and sizes that the weights do not reveal.
+
+        A tower model (whose config is a tower config) reports the fields of its own tower under its key.
+        """
+        config = self.config
+        out: dict[str, Any] = {}
+        for key, names in _ARCHITECTURE_FIELDS.items():
+            if key:
+                sub = getattr(config, key, None)
+                if sub is None and getattr(config, "base_config_key", None) == key:
+                    sub = config  # AltaVisionModel / AltaTextModel
+            else:
+                sub = config if getattr(config, "sub_configs", None) else None
+            if sub is None:
+                continue
+            for name in names:
+                if hasattr(sub, name):
+                    value = getattr(sub, name)
+                    out[f"{key}.{name}" if key else name] = value if not isinstance(value, tuple) else list(value)
+        return out
 
     # -------------------------------------------------------------------------------------------------------------
     # Adapter config
@@ -602,6 +667,24 @@ class AltaAdapterMixin:
                 f"{recorded_id!r} ({recorded.get('num_parameters')} frozen base values, structure hash "
                 f"{str(recorded.get('structure'))[:12]}), but this {type(self).__name__} is {my_id!r} "
                 f"({mine['num_parameters']} frozen base values, structure hash {mine['structure'][:12]})."
+            )
+        recorded_architecture = recorded.get("architecture")
+        if recorded_architecture is None:
+            logger.warning(
+                f"The ALTA adapter at {source} records no base architecture (written by an older version): its "
+                "attention-head counts and sizes cannot be checked against this model, only its tensors."
+            )
+        elif recorded_architecture != mine["architecture"]:
+            names = sorted(set(recorded_architecture) | set(mine["architecture"]))
+            differing = [
+                f"{k}: adapter base {recorded_architecture.get(k)!r}, this model {mine['architecture'].get(k)!r}"
+                for k in names
+                if recorded_architecture.get(k) != mine["architecture"].get(k)
+            ]
+            raise ValueError(
+                f"The ALTA adapter at {source} was trained on a base of another architecture (recorded base "
+                f"{recorded_id!r}, this {type(self).__name__} is {my_id!r}): " + "; ".join(differing) + ". Tensor "
+                "shapes cannot show attention heads, so the adapter would load but compute other features."
             )
         if recorded.get("weights") != mine["weights"]:
             message = (

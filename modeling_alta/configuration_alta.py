@@ -422,9 +422,6 @@ class AltaTextConfig(PretrainedConfig):
             Global text embedding: the `[CLS]` state (`"cls"`, as ALTA with CXR-BERT, whose `[CLS]` is trained) or the
             mean of the non-padding token states (`"mean"`, for a text tower whose `[CLS]` never was, e.g. one
             pre-trained by masked language modeling alone).
-        max_length (`int`, *optional*, defaults to 128):
-            Report length used in training and by the processor; the local loss treats a full-length report as
-            `max_length - 1` words.
         adapter_config (`dict`, *optional*):
             [`AltaAdapterConfig`] as a dict; `"reference"` (the default) gives the reference adapters, `None` builds
             the tower without adapters.
@@ -457,11 +454,19 @@ class AltaTextConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         pad_token_id: int = 0,
         pooling: str = "cls",
-        max_length: int = 128,
         adapter_config: dict | AltaAdapterConfig | str | None = "reference",
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
+        # Configs saved before 0.2 carry the report length here. It is a tokenizer setting (the processor's
+        # `tokenizer.model_max_length`, saved with it), and transformers 5 reads `max_length` in a model config as a
+        # generation setting and refuses to save it: the old key is read and dropped.
+        legacy_max_length = kwargs.pop("max_length", None)
+        if legacy_max_length is not None:
+            logger.info(
+                f"AltaTextConfig: ignoring the legacy `max_length={legacy_max_length}`; the text length is the "
+                "processor's (`processor.tokenizer.model_max_length`)."
+            )
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -475,7 +480,6 @@ class AltaTextConfig(PretrainedConfig):
         self.type_vocab_size = type_vocab_size
         self.layer_norm_eps = layer_norm_eps
         self.pooling = pooling
-        self.max_length = max_length
         self.adapter_config = _adapter_dict(adapter_config)
         self.initializer_range = initializer_range
         self._validate()
@@ -486,11 +490,6 @@ class AltaTextConfig(PretrainedConfig):
             raise ValueError(f"`pooling` must be 'cls' or 'mean'; got {self.pooling!r}.")
         if self.vocab_size < 5:
             raise ValueError(f"`vocab_size` must hold at least the 5 special tokens; got {self.vocab_size}.")
-        if not 2 <= self.max_length <= self.max_position_embeddings:
-            raise ValueError(
-                f"`max_length` ({self.max_length}) must be in [2, max_position_embeddings="
-                f"{self.max_position_embeddings}]."
-            )
 
     @property
     def adapter(self) -> AltaAdapterConfig | None:

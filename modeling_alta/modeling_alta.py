@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
+
+
+try:  # transformers' attention registry: kernels other than eager (sdpa, flex, user-registered) dispatch through it
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+except ImportError:  # pragma: no cover - kept so that the Hub file still loads if the registry moves
+    ALL_ATTENTION_FUNCTIONS = None
 
 from .adapters_alta import AltaAdapterMixin
 from .configuration_alta import (
@@ -119,7 +127,8 @@ def alta_local_similarity(
         image_local (`torch.Tensor` of shape `[B_img, N, P]`): projected patch tokens (not normalised).
         text_local (`torch.Tensor` of shape `[B_txt, T, P]`): projected word tokens from position 1 on (not
             normalised); word `k` of text `i` is valid when `k < cap_lens[i]`.
-        cap_lens (`torch.Tensor` of shape `[B_txt]`): valid words per text.
+        cap_lens (`torch.Tensor` of shape `[B_txt]`): valid words per text. A text with 0 words gets a column of
+            `-inf` and NaN gradients: :func:`alta_local_loss` leaves such texts out before calling this.
         scale_attention, scale_word, scale_text (`torch.Tensor`, scalars): `s1, s2, s3` after `exp`.
 
     Returns:
@@ -164,6 +173,11 @@ def alta_local_loss(
     Across processes pass the gathered `all_*` tensors: this process's images are scored against all texts and its
     texts against all images, with labels `offset + arange(n)`.
 
+    A text without words (`cap_lens == 0`: nothing but [CLS]) has no word-patch similarity (its word softmax is over
+    an empty set). Its pair is left out of the local term: that text is no candidate, its image has no target, and
+    the loss is the mean over the remaining pairs (a zero that keeps the graph when none remain). With all texts
+    valid this is exactly the reference's loss.
+
     Args:
         image_local (`[n, N, P]`), text_local (`[n, T, P]`), cap_lens (`[n]`): this process's pairs.
         scale_attention, scale_word, scale_text: `s1, s2, s3` after `exp`.
@@ -171,17 +185,34 @@ def alta_local_loss(
     Returns:
         `torch.Tensor`: scalar.
     """
-    labels = torch.arange(image_local.shape[0], device=image_local.device) + offset
-    if all_image_local is None:
-        sim = alta_local_similarity(
-            image_local, text_local, cap_lens, scale_attention, scale_word, scale_text, chunk_size
-        )
+    scales = (scale_attention, scale_word, scale_text)
+    single = all_image_local is None
+    if single:
+        all_image_local, all_text_local, all_cap_lens, offset = image_local, text_local, cap_lens, 0
+    keep = cap_lens > 0
+    all_keep = all_cap_lens > 0
+    if bool(all_keep.all()):
+        labels = torch.arange(image_local.shape[0], device=image_local.device) + offset
+        image_rows = alta_local_similarity(image_local, all_text_local, all_cap_lens, *scales, chunk_size)
+        if single:
+            return (F.cross_entropy(image_rows, labels) + F.cross_entropy(image_rows.t(), labels)) / 2
+        text_rows = alta_local_similarity(all_image_local, text_local, cap_lens, *scales, chunk_size).t()
+        return (F.cross_entropy(image_rows, labels) + F.cross_entropy(text_rows, labels)) / 2
+    if not bool(keep.any()):
+        # Nothing to score here, but every input stays in the graph (DDP expects the same parameters each step).
+        return (image_local.sum() + text_local.sum()) * 0.0
+    # Position of each kept pair among all kept pairs: the labels once the empty texts are left out.
+    kept_index = torch.cumsum(all_keep.long(), dim=0) - 1
+    labels = kept_index[offset + torch.arange(image_local.shape[0], device=all_keep.device)][keep]
+    labels = labels.to(image_local.device)
+    if single:
+        sim = alta_local_similarity(image_local[keep], text_local[keep], cap_lens[keep], *scales, chunk_size)
         return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2
     image_rows = alta_local_similarity(
-        image_local, all_text_local, all_cap_lens, scale_attention, scale_word, scale_text, chunk_size
+        image_local[keep], all_text_local[all_keep], all_cap_lens[all_keep], *scales, chunk_size
     )
     text_rows = alta_local_similarity(
-        all_image_local, text_local, cap_lens, scale_attention, scale_word, scale_text, chunk_size
+        all_image_local[all_keep], text_local[keep], cap_lens[keep], *scales, chunk_size
     ).t()
     return (F.cross_entropy(image_rows, labels) + F.cross_entropy(text_rows, labels)) / 2
 
@@ -298,19 +329,20 @@ class AltaVisionModelOutput(ModelOutput):
             frame embedding is its CLS token or, with `config.pooling="mean"`, the mean of its patch tokens.
         slot_embeds (`[B, V, D]`): frame embedding of every slot (see `pooler_output`).
         patch_embeds (`[B, V*n, D]` or `[B, N, D]`): patch tokens of every slot, in slot order.
-        view_mask (`[B, V]`): which slots held a view.
         mask (`[B, N]`), ids_restore (`[B, N]`): masking of the current frontal (slot 0) when masking was applied.
-        hidden_states (`tuple`): per-layer states when requested.
+        hidden_states (`tuple`): the embeddings and every layer's output, per frame (`[F, 1+n, D]`, `F = B` for
+            single images, `B*V` for studies), when `output_hidden_states`.
+        attentions (`tuple`): every layer's attention weights `[F, H, 1+n, 1+n]`, when `output_attentions`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     slot_embeds: torch.FloatTensor | None = None
     patch_embeds: torch.FloatTensor | None = None
-    view_mask: torch.BoolTensor | None = None
     mask: torch.FloatTensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -318,12 +350,15 @@ class AltaTextModelOutput(ModelOutput):
     """Output of the text tower.
 
     Args:
-        last_hidden_state (`[B, L, D]`), pooler_output (`[B, D]`, the [CLS] state), hidden_states (`tuple`).
+        last_hidden_state (`[B, L, D]`), pooler_output (`[B, D]`, the [CLS] state or the token mean, see
+        `config.pooling`), hidden_states (`tuple` of `[B, L, D]`, with `output_hidden_states`), attentions (`tuple`
+        of `[B, H, L, L]`, with `output_attentions`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -549,22 +584,111 @@ class AltaVisionEmbeddings(nn.Module):
         return kept, mask, ids_restore
 
 
-class AltaVisionAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm layout), computed with SDPA."""
+def alta_eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out (`attn_implementation="eager"`): the one path that returns the attention weights.
 
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0) -> None:
+    Same signature as transformers' attention functions, so it is the default of the attention registry.
+
+    Args:
+        query, key, value (`[B, H, L, d]`).
+        attention_mask (`[B, 1, 1 or L, L]`, *optional*): bool (True = attend) or additive float.
+        dropout (`float`): dropout on the attention weights (pass 0 in eval).
+        scaling (`float`, *optional*): defaults to `d ** -0.5`.
+
+    Returns:
+        `(output [B, L, H, d], weights [B, H, L, L])`.
+    """
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    # Used only where transformers' registry cannot be imported.
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _attention_function(config: Any, output_attentions: bool):
+    """The attention kernel `config._attn_implementation` names (read at every call, so
+    `model.set_attn_implementation(...)` takes effect at once): `"sdpa"` (the default) or `"eager"`, or any kernel
+    registered with transformers' `AttentionInterface`. Only eager attention returns weights, so
+    `output_attentions=True` computes eager attention, with a warning when another kernel was configured."""
+    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    if implementation == "eager":
+        return alta_eager_attention
+    if output_attentions:
+        logger.warning_once(
+            f"`output_attentions=True` needs the attention weights, which only eager attention computes: using it "
+            f"instead of {implementation!r}. Load with `attn_implementation='eager'` to silence this warning."
+        )
+        return alta_eager_attention
+    if ALL_ATTENTION_FUNCTIONS is None:
+        if implementation != "sdpa":
+            raise ValueError(f"attn_implementation={implementation!r} needs transformers' attention registry.")
+        return _sdpa_attention
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, alta_eager_attention)
+
+
+class AltaVisionAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm layout); the kernel follows
+    `config._attn_implementation` (sdpa by default, eager on request)."""
+
+    def __init__(
+        self, config: AltaVisionConfig, hidden_size: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.qkv = nn.Linear(hidden_size, hidden_size * 3, bias=qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.dropout = dropout
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[F, L, D]` -> (`[F, L, D]`, weights `[F, H, L, L]` or None)."""
         batch, length, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        attention = _attention_function(self.config, output_attentions)
+        out, weights = attention(
+            self,
+            qkv[0],
+            qkv[1],
+            qkv[2],
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        return self.proj(out.reshape(batch, length, dim)), weights
 
 
 class AltaVisionMLP(nn.Module):
@@ -578,13 +702,16 @@ class AltaVisionMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class AltaVisionLayer(nn.Module):
+class AltaVisionLayer(GradientCheckpointingLayer):
     """Pre-LN ViT block with ALTA's adapters:
     `x <- x + A(Attn(LN1(x)))`, `h = LN2(x)`, `x <- x + MLP(h) + mlp_scale * B(h)`.
+
+    A `GradientCheckpointingLayer`, so `model.gradient_checkpointing_enable()` checkpoints each block.
     """
 
     def __init__(
         self,
+        config: AltaVisionConfig,
         hidden_size: int,
         num_heads: int,
         intermediate_size: int,
@@ -597,7 +724,7 @@ class AltaVisionLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.attn = AltaVisionAttention(hidden_size, num_heads, qkv_bias, attention_dropout)
+        self.attn = AltaVisionAttention(config, hidden_size, num_heads, qkv_bias, attention_dropout)
         self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.mlp = AltaVisionMLP(hidden_size, intermediate_size, hidden_act)
         attn_cfg = _adapter_for(adapter_config, layer_index, "attn")
@@ -606,8 +733,10 @@ class AltaVisionLayer(nn.Module):
         self.mlp_adapter = AltaBottleneckAdapter(hidden_size, mlp_cfg, skip=False) if mlp_cfg else None
         self.mlp_scale = mlp_cfg.mlp_scale if mlp_cfg else 0.0
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        attn = self.attn(self.norm1(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, weights = self.attn(self.norm1(hidden_states), output_attentions)
         if self.attn_adapter is not None and self.attn_adapter.enabled:
             attn = self.attn_adapter(attn)
         hidden_states = hidden_states + attn
@@ -615,24 +744,40 @@ class AltaVisionLayer(nn.Module):
         out = self.mlp(normed)
         if self.mlp_adapter is not None and self.mlp_adapter.enabled:
             out = torch.add(out, self.mlp_adapter(normed), alpha=self.mlp_scale)  # one pass, no scaled copy
-        return hidden_states + out
+        return hidden_states + out, weights
 
 
 def _run_layers(
-    module: nn.Module, layers: nn.ModuleList, hidden_states: torch.Tensor, *args: Any, keep_states: bool = False
-) -> tuple:
-    """Apply `layers` in order, with gradient checkpointing when the owner enables it; return (out, states), where
-    states holds every layer's input and the output when `keep_states`, else None (holding them all would keep
-    every layer's activations alive in inference; benchmarks/RESULTS.md)."""
-    states = [hidden_states] if keep_states else None
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    *args: Any,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    """Apply `layers` in order; return `(out, states, attentions)`. `states` holds every layer's input and the last
+    output when `output_hidden_states` (else None: keeping them would keep every layer's activations alive in
+    inference; benchmarks/RESULTS.md); `attentions` each layer's weights when `output_attentions`. Gradient
+    checkpointing happens inside the layers (`GradientCheckpointingLayer`)."""
+    states = [hidden_states] if output_hidden_states else None
+    attentions = [] if output_attentions else None
     for layer in layers:
-        if getattr(module, "gradient_checkpointing", False) and module.training and torch.is_grad_enabled():
-            hidden_states = module._gradient_checkpointing_func(layer.__call__, hidden_states, *args)
-        else:
-            hidden_states = layer(hidden_states, *args)
+        hidden_states, weights = layer(hidden_states, *args, output_attentions=output_attentions)
         if states is not None:
             states.append(hidden_states)
-    return hidden_states, (tuple(states) if states is not None else None)
+        if attentions is not None:
+            attentions.append(weights)
+    return (
+        hidden_states,
+        tuple(states) if states is not None else None,
+        tuple(attentions) if attentions is not None else None,
+    )
+
+
+def _is_exporting() -> bool:
+    """True while `torch.export` (e.g. `torch.onnx.export(dynamo=True)`) or `torch.jit.trace` records the model."""
+    compiler = getattr(torch, "compiler", None)
+    exporting = getattr(compiler, "is_exporting", None) or getattr(compiler, "is_compiling", None)
+    return bool(torch.jit.is_tracing() or (exporting is not None and exporting()))
 
 
 class AltaVisionTransformer(nn.Module):
@@ -646,6 +791,7 @@ class AltaVisionTransformer(nn.Module):
         self.layers = nn.ModuleList(
             [
                 AltaVisionLayer(
+                    config,
                     config.hidden_size,
                     config.num_attention_heads,
                     config.intermediate_size,
@@ -660,17 +806,53 @@ class AltaVisionTransformer(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.gradient_checkpointing = False
 
-    def _encode(self, tokens: torch.Tensor, output_hidden_states: bool) -> tuple[torch.Tensor, tuple | None]:
-        hidden, states = _run_layers(self, self.layers, tokens, keep_states=output_hidden_states)
-        return self.norm(hidden), states
+    def _encode(
+        self, tokens: torch.Tensor, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        hidden, states, attentions = _run_layers(
+            self.layers, tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        return self.norm(hidden), states, attentions
 
     def frame_embedding(self, hidden: torch.Tensor) -> torch.Tensor:
         """One embedding per frame from its encoded tokens `[..., 1+N, D]` -> `[..., D]` (`config.pooling`)."""
         if getattr(self.config, "pooling", "cls") == "mean":
             return hidden[..., 1:, :].mean(dim=-2)
         return hidden[..., 0, :]
+
+    def _check_channels(self, pixel_values: torch.Tensor) -> None:
+        channels = pixel_values.shape[-3]
+        if channels != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` {tuple(pixel_values.shape)} has {channels} channel(s) but the model takes "
+                f"{self.config.num_channels} (config.num_channels); replicate grayscale radiographs to "
+                f"{self.config.num_channels} channels, as AltaImageProcessor does."
+            )
+
+    @staticmethod
+    def check_studies(view_mask: torch.Tensor, given: bool) -> None:
+        """Refuse studies the processor cannot produce: no view at all, or no current frontal (slot 0).
+
+        Args:
+            view_mask (`[B, V]` bool): present slots.
+            given (`bool`): the mask came from the caller (else from the frame-sum rule), for the message.
+        """
+        if _is_exporting():
+            return  # a value check cannot be part of an exported graph; the caller of the exported model owns it
+        # One host sync in the common case: a study without any view has no frontal either.
+        if not bool((~view_mask[:, 0]).any()):
+            return
+        source = "`view_mask`" if given else "the missing-view rule (a frame that sums to exactly 0 is missing)"
+        empty = (~view_mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"Study/studies {empty} of the batch have no view at all according to {source}.")
+        no_frontal = (~view_mask[:, 0]).nonzero().flatten().tolist()
+        if no_frontal:
+            raise ValueError(
+                f"Study/studies {no_frontal} of the batch have no current frontal view (slot 0, "
+                f"{STUDY_SLOTS[0]!r}) according to {source}; every study needs one."
+            )
 
     def forward(
         self,
@@ -680,35 +862,41 @@ class AltaVisionTransformer(nn.Module):
         mask_noise: torch.Tensor | None = None,
         study_pooling: str | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> AltaVisionModelOutput:
         """Encode single images `[B, C, H, W]` (current-frontal slot, no missing-view logic; the reference's
         evaluation path) or studies `[B, V, C, H, W]` (`V <= num_slots`, slot order frontal, lateral, prior frontal,
         prior lateral).
 
         For studies, a view is missing where `view_mask` is False or, without `view_mask`, where the frame sums to
-        exactly zero (the reference rule). Missing frames go through the missing-view token. With
-        `study_pooling="all"` (the default, as trained) the study is padded to `num_slots` frames and the CLS tokens
-        of all slots are averaged; with `"present"` only present slots are averaged.
+        exactly zero (the reference rule). Missing frames go through the missing-view token. A study without any
+        view, or without its current frontal, is refused. With `study_pooling="all"` (the default, as trained) the
+        study is padded to `num_slots` frames and the CLS tokens of all slots are averaged; with `"present"` only
+        present slots are averaged.
+
+        `hidden_states` and `attentions` are per frame: `[B, 1+n, D]` / `[B, H, 1+n, 1+n]` for single images,
+        `[B*V, 1+n, D]` / `[B*V, H, 1+n, 1+n]` for studies (frames in study-major, slot-minor order).
         """
+        if pixel_values.dim() not in (4, 5):
+            raise ValueError(
+                "`pixel_values` must be (batch, views, channels, height, width) or (batch, channels, height, width); "
+                f"got shape {tuple(pixel_values.shape)}."
+            )
+        self._check_channels(pixel_values)
         if pixel_values.dim() == 4:
             batch = pixel_values.shape[0]
             slots = torch.zeros(batch, dtype=torch.long, device=pixel_values.device)
             tokens, mask, ids_restore = self.embeddings(pixel_values, slots, None, mask_ratio, mask_noise)
-            hidden, states = self._encode(tokens, output_hidden_states)
+            hidden, states, attentions = self._encode(tokens, output_hidden_states, output_attentions)
             return AltaVisionModelOutput(
                 last_hidden_state=hidden,
                 pooler_output=self.frame_embedding(hidden),
                 slot_embeds=self.frame_embedding(hidden)[:, None],
                 patch_embeds=hidden[:, 1:],
-                view_mask=torch.ones(batch, 1, dtype=torch.bool, device=hidden.device),
                 mask=mask,
                 ids_restore=ids_restore,
                 hidden_states=states,
-            )
-        if pixel_values.dim() != 5:
-            raise ValueError(
-                "`pixel_values` must be (batch, views, channels, height, width) or (batch, channels, height, width); "
-                f"got shape {tuple(pixel_values.shape)}."
+                attentions=attentions,
             )
         pooling = study_pooling or self.config.study_pooling
         batch, views = pixel_values.shape[:2]
@@ -717,11 +905,13 @@ class AltaVisionTransformer(nn.Module):
             raise ValueError(
                 f"A study holds at most {num_slots} views ({', '.join(STUDY_SLOTS[:num_slots])}); got {views}."
             )
+        given = view_mask is not None
         if view_mask is None:
             view_mask = pixel_values.flatten(2).sum(-1) != 0
         elif tuple(view_mask.shape) != (batch, views):
             raise ValueError(f"`view_mask` must have shape {(batch, views)}; got {tuple(view_mask.shape)}.")
         view_mask = view_mask.to(device=pixel_values.device, dtype=torch.bool)
+        self.check_studies(view_mask, given)
         if pooling == "all" and views < num_slots:
             pad = pixel_values.new_zeros(batch, num_slots - views, *pixel_values.shape[2:])
             pixel_values = torch.cat([pixel_values, pad], dim=1)
@@ -733,7 +923,7 @@ class AltaVisionTransformer(nn.Module):
         if mask_noise is not None:
             noise = mask_noise.reshape(batch * views, -1)
         tokens, mask, ids_restore = self.embeddings(frames, slots, ~view_mask.reshape(-1), mask_ratio, noise)
-        hidden, states = self._encode(tokens, output_hidden_states)
+        hidden, states, attentions = self._encode(tokens, output_hidden_states, output_attentions)
         hidden = hidden.reshape(batch, views, *hidden.shape[1:])
         slot_embeds = self.frame_embedding(hidden)
         if pooling == "all":
@@ -749,10 +939,10 @@ class AltaVisionTransformer(nn.Module):
             pooler_output=pooled,
             slot_embeds=slot_embeds,
             patch_embeds=hidden[:, :, 1:].reshape(batch, -1, hidden.shape[-1]),
-            view_mask=view_mask,
             mask=mask,
             ids_restore=ids_restore,
             hidden_states=states,
+            attentions=attentions,
         )
 
 
@@ -787,29 +977,40 @@ class AltaTextEmbeddings(nn.Module):
 
 
 class AltaTextSelfAttention(nn.Module):
+    """BERT self-attention; the kernel follows `config._attn_implementation` (sdpa by default, eager on request)."""
+
     def __init__(self, config: AltaTextConfig) -> None:
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[B, L, D]` with a `[B, 1, 1, L]` bool mask (True = attend) -> (`[B, L, D]`, `[B, H, L, L]` or None)."""
         batch, length, dim = hidden_states.shape
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(
+        attention = _attention_function(self.config, output_attentions)
+        out, weights = attention(
+            self,
             heads(self.query(hidden_states)),
             heads(self.key(hidden_states)),
             heads(self.value(hidden_states)),
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            attn_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
         )
-        return out.transpose(1, 2).reshape(batch, length, dim)
+        return out.reshape(batch, length, dim), weights
 
 
 class AltaTextSelfOutput(nn.Module):
@@ -829,8 +1030,11 @@ class AltaTextAttention(nn.Module):
         self.self = AltaTextSelfAttention(config)
         self.output = AltaTextSelfOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(hidden_states, attn_mask), hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, weights = self.self(hidden_states, attn_mask, output_attentions)
+        return self.output(out, hidden_states), weights
 
 
 class AltaTextIntermediate(nn.Module):
@@ -849,10 +1053,11 @@ class AltaTextOutput(AltaTextSelfOutput):
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
 
 
-class AltaTextLayer(nn.Module):
+class AltaTextLayer(GradientCheckpointingLayer):
     """Post-LN BERT layer with ALTA's adapters: `a = A(BertAttention(x))` (the attention sub-layer already holds its
     residual and LayerNorm), then `out = LN(FFN(a) + a) + mlp_scale * B(a)`: the MLP adapter is added after the
-    output LayerNorm, as in the reference.
+    output LayerNorm, as in the reference. A `GradientCheckpointingLayer`, so `model.gradient_checkpointing_enable()`
+    checkpoints each layer.
     """
 
     def __init__(self, config: AltaTextConfig, layer_index: int = 0) -> None:
@@ -867,26 +1072,37 @@ class AltaTextLayer(nn.Module):
         self.mlp_adapter = AltaBottleneckAdapter(config.hidden_size, mlp_cfg, skip=False) if mlp_cfg else None
         self.mlp_scale = mlp_cfg.mlp_scale if mlp_cfg else 0.0
 
-    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        attn = self.attention(hidden_states, attn_mask)
+    def forward(
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, weights = self.attention(hidden_states, attn_mask, output_attentions)
         if self.attn_adapter is not None and self.attn_adapter.enabled:
             attn = self.attn_adapter(attn)
         out = self.output(self.intermediate(attn), attn)
         if self.mlp_adapter is not None and self.mlp_adapter.enabled:
             out = torch.add(out, self.mlp_adapter(attn), alpha=self.mlp_scale)
-        return out
+        return out, weights
 
 
 class AltaTextEncoder(nn.Module):
     def __init__(self, config: AltaTextConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList([AltaTextLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.gradient_checkpointing = False
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, output_hidden_states: bool = False
-    ) -> tuple:
-        return _run_layers(self, self.layer, hidden_states, attn_mask, keep_states=output_hidden_states)
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        return _run_layers(
+            self.layer,
+            hidden_states,
+            attn_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
 
 
 class AltaTextTransformer(nn.Module):
@@ -905,12 +1121,14 @@ class AltaTextTransformer(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         conditioning: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> AltaTextModelOutput:
         """
         Args:
             input_ids (`[B, L]`), attention_mask (`[B, L]`, 1 = token), token_type_ids (`[B, L]`).
             conditioning (`[B, D]`, *optional*): added to every token embedding after the embedding LayerNorm and
                 dropout (ALTA's image conditioning of the masked report).
+            output_hidden_states, output_attentions (`bool`): also return every layer's states / weights.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must be (batch, length); got shape {tuple(input_ids.shape)}.")
@@ -920,9 +1138,12 @@ class AltaTextTransformer(nn.Module):
         attn_mask = None
         if attention_mask is not None:
             attn_mask = attention_mask[:, None, None, :].to(torch.bool)
-        hidden, states = self.encoder(hidden, attn_mask, output_hidden_states)
+        hidden, states, attentions = self.encoder(hidden, attn_mask, output_hidden_states, output_attentions)
         return AltaTextModelOutput(
-            last_hidden_state=hidden, pooler_output=self.pool(hidden, attention_mask), hidden_states=states
+            last_hidden_state=hidden,
+            pooler_output=self.pool(hidden, attention_mask),
+            hidden_states=states,
+            attentions=attentions,
         )
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -989,6 +1210,7 @@ class AltaMaskedDecoder(nn.Module):
         self.layers = nn.ModuleList(
             [
                 AltaVisionLayer(
+                    config,
                     dim,
                     config.decoder_num_attention_heads,
                     config.decoder_intermediate_size,
@@ -1006,7 +1228,6 @@ class AltaMaskedDecoder(nn.Module):
         self.decoder_pred = nn.Linear(dim, config.reconstruction_patch_size**2 * config.num_channels)
         self.decoder_embed._alta_init = "xavier"
         self.decoder_pred._alta_init = "xavier"
-        self.gradient_checkpointing = False
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """
@@ -1022,7 +1243,7 @@ class AltaMaskedDecoder(nn.Module):
         tokens = torch.cat([x[:, 1:], self.mask_token.to(x.dtype).expand(batch, num + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.position_embedding.to(x.dtype)
-        x, _ = _run_layers(self, self.layers, x)
+        x, _, _ = _run_layers(self.layers, x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
 
@@ -1114,6 +1335,41 @@ class AltaPreTrainedModel(AltaAdapterMixin, PreTrainedModel):
         elif isinstance(module, AltaModel):
             for name in ("logit_scale", "logit_scale_local1", "logit_scale_local2", "logit_scale_local3"):
                 nn.init.constant_(getattr(module, name), self.config.logit_scale_init_value)
+
+    # -- attention kernel: the towers' modules read their sub-config, which must follow the model's -------------------
+
+    def post_init(self) -> None:
+        super().post_init()
+        # transformers sets the resolved kernel on the top config only; a sub-config left at None follows it.
+        top = getattr(self.config, "_attn_implementation", None)
+        self._set_sub_config_attention({k: top for k, sub in self._sub_configs() if sub._attn_implementation is None})
+
+    def set_attn_implementation(self, attn_implementation: str | dict, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.set_attn_implementation`, carried to the towers: their attention modules are not
+        `PreTrainedModel`s and follow `config.vision_config` / `config.text_config`. A string applies to every
+        sub-config; a dict applies each value to the sub-config it names (`""` is the top config alone)."""
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        if isinstance(attn_implementation, dict):
+            wanted = {k: v for k, v in attn_implementation.items() if k and isinstance(v, str)}
+        else:
+            wanted = {k: self.config._attn_implementation for k, _ in self._sub_configs()}
+        self._set_sub_config_attention(wanted)
+
+    def _sub_configs(self) -> list[tuple[str, Any]]:
+        subs = [(k, getattr(self.config, k, None)) for k in getattr(self.config, "sub_configs", None) or {}]
+        return [(k, sub) for k, sub in subs if sub is not None]
+
+    def _set_sub_config_attention(self, wanted: dict[str, str | None]) -> None:
+        for key, sub in self._sub_configs():
+            if key not in wanted:
+                continue
+            value = wanted[key]
+            if value not in (None, "eager", "sdpa"):
+                raise ValueError(
+                    f"{type(self).__name__}: attn_implementation {value!r} for `{key}` is not supported; use "
+                    "'sdpa' (the default) or 'eager'."
+                )
+            sub._attn_implementation_internal = value
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         """`PreTrainedModel.save_pretrained`, plus the custom-code files and a complete `auto_map`, so the folder
@@ -1235,21 +1491,55 @@ class AltaPreTrainedModel(AltaAdapterMixin, PreTrainedModel):
         return {"trainable": trainable, "total": total}
 
 
+def _output_flag(value: bool | None, config: Any, name: str) -> bool:
+    """An output switch: the call's value, else the config's (`output_hidden_states`, `output_attentions`,
+    `return_dict`), as transformers models resolve them."""
+    if value is not None:
+        return bool(value)
+    return bool(getattr(config, name, name == "return_dict"))
+
+
 class AltaVisionModel(AltaPreTrainedModel):
     """The vision tower alone (encoder, no projection heads)."""
 
     config_class = AltaVisionConfig
     base_model_prefix = "alta_vision"
+    input_modalities = ("image",)
 
     def __init__(self, config: AltaVisionConfig) -> None:
         super().__init__(config)
         self.vision_model = AltaVisionTransformer(config)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embed
+
     def forward(
-        self, pixel_values: torch.Tensor, view_mask: torch.Tensor | None = None, **kwargs: Any
-    ) -> AltaVisionModelOutput:
-        return self.vision_model(pixel_values, view_mask=view_mask, **kwargs)
+        self,
+        pixel_values: torch.Tensor,
+        view_mask: torch.Tensor | None = None,
+        mask_ratio: float = 0.0,
+        mask_noise: torch.Tensor | None = None,
+        study_pooling: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> AltaVisionModelOutput | tuple:
+        """Encode images `[B, C, H, W]` or studies `[B, V, C, H, W]` (see `AltaVisionTransformer.forward`).
+
+        Returns:
+            [`AltaVisionModelOutput`], or its tuple with `return_dict=False` (also `config.return_dict=False`).
+        """
+        output = self.vision_model(
+            pixel_values,
+            view_mask=view_mask,
+            mask_ratio=mask_ratio,
+            mask_noise=mask_noise,
+            study_pooling=study_pooling,
+            output_hidden_states=_output_flag(output_hidden_states, self.config, "output_hidden_states"),
+            output_attentions=_output_flag(output_attentions, self.config, "output_attentions"),
+        )
+        return output if _output_flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
 
 class AltaTextModel(AltaPreTrainedModel):
@@ -1268,14 +1558,31 @@ class AltaTextModel(AltaPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.embeddings.word_embeddings = value
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> AltaTextModelOutput:
-        return self.text_model(input_ids, attention_mask, token_type_ids, **kwargs)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> AltaTextModelOutput | tuple:
+        """Encode texts `input_ids` `[B, L]` (`attention_mask` 1 = token).
+
+        Returns:
+            [`AltaTextModelOutput`], or its tuple with `return_dict=False` (also `config.return_dict=False`).
+        """
+        output = self.text_model(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=_output_flag(output_hidden_states, self.config, "output_hidden_states"),
+            output_attentions=_output_flag(output_attentions, self.config, "output_attentions"),
+        )
+        return output if _output_flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
 
 class AltaModel(AltaPreTrainedModel):
@@ -1289,9 +1596,11 @@ class AltaModel(AltaPreTrainedModel):
     >>> processor = AutoProcessor.from_pretrained("path/to/alta", trust_remote_code=True)
     >>> inputs = processor(images=image, text=["pleural effusion", "no finding"], return_tensors="pt")
     >>> probs = model(**inputs).logits_per_image.softmax(dim=-1)
+    >>> image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output  # [1, 128]
     ```
     """
 
+    main_input_name = "input_ids"
     # Folders saved from AltaForPreTraining also hold the pre-training heads; the dual encoder does not use them.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^mlm_head\.", r"^bert_embed\."]
 
@@ -1317,6 +1626,9 @@ class AltaModel(AltaPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.embeddings.word_embeddings = value
+
     @torch.no_grad()
     def clamp_logit_scales(self) -> None:
         """Clamp the four log-temperatures to `[0, logit_scale_max]` (call after each optimizer step)."""
@@ -1327,30 +1639,77 @@ class AltaModel(AltaPreTrainedModel):
         return self.logit_scale_local1.exp(), self.logit_scale_local2.exp(), self.logit_scale_local3.exp()
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, view_mask: torch.Tensor | None = None, study_pooling: str | None = None
-    ) -> torch.Tensor:
-        """Projected image embeddings, **not** normalised.
+        self,
+        pixel_values: torch.Tensor,
+        view_mask: torch.Tensor | None = None,
+        study_pooling: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Image embeddings in the joint space, as transformers 5 models return them (`CLIPModel` included).
 
         Args:
             pixel_values (`[B, C, H, W]` or `[B, V, C, H, W]`): one current frontal (the reference's evaluation path:
                 slot-0 embeddings, its CLS token) or a study (slots pooled; see `AltaVisionTransformer.forward`).
             view_mask (`[B, V]`, *optional*): present views of a study.
+            study_pooling (`str`, *optional*): overrides `vision_config.study_pooling` (`"all"` or `"present"`).
+            output_attentions, output_hidden_states, return_dict: as in `forward`.
 
         Returns:
-            `torch.FloatTensor` of shape `[B, projection_dim]`.
+            `BaseModelOutputWithPooling` (a tuple with `return_dict=False`) whose `pooler_output` `[B,
+            projection_dim]` is the projected image embedding, **not** normalised; `last_hidden_state`,
+            `hidden_states` and `attentions` are the vision tower's.
         """
-        out = self.vision_model(pixel_values, view_mask=view_mask, study_pooling=study_pooling)
-        return self.vision_projection(out.pooler_output)
+        vision_out = self.vision_model(
+            pixel_values,
+            view_mask=view_mask,
+            study_pooling=study_pooling,
+            output_hidden_states=_output_flag(output_hidden_states, self.config, "output_hidden_states"),
+            output_attentions=_output_flag(output_attentions, self.config, "output_attentions"),
+        )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=vision_out.last_hidden_state,
+            pooler_output=self.vision_projection(vision_out.pooler_output),
+            hidden_states=vision_out.hidden_states,
+            attentions=vision_out.attentions,
+        )
+        return output if _output_flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Projected [CLS] embeddings of `input_ids` `[B, L]`, **not** normalised: `[B, projection_dim]`."""
-        out = self.text_model(input_ids, attention_mask, token_type_ids)
-        return self.text_projection(out.pooler_output)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text embeddings in the joint space, as transformers 5 models return them (`CLIPModel` included).
+
+        Args:
+            input_ids, attention_mask, token_type_ids (`[B, L]`): prompts or reports.
+            output_attentions, output_hidden_states, return_dict: as in `forward`.
+
+        Returns:
+            `BaseModelOutputWithPooling` (a tuple with `return_dict=False`) whose `pooler_output` `[B,
+            projection_dim]` is the projected [CLS] embedding, **not** normalised; `last_hidden_state`
+            `[B, L, D]`, `hidden_states` and `attentions` are the text tower's.
+        """
+        text_out = self.text_model(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=_output_flag(output_hidden_states, self.config, "output_hidden_states"),
+            output_attentions=_output_flag(output_attentions, self.config, "output_attentions"),
+        )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=text_out.last_hidden_state,
+            pooler_output=self.text_projection(text_out.pooler_output),
+            hidden_states=text_out.hidden_states,
+            attentions=text_out.attentions,
+        )
+        return output if _output_flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
     def get_image_patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Local projections of the patch tokens of single images `[B, C, H, W]`: `[B, N, projection_dim]`
@@ -1380,6 +1739,7 @@ class AltaModel(AltaPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
@@ -1390,16 +1750,30 @@ class AltaModel(AltaPreTrainedModel):
             input_ids (`[B_txt, L]`), attention_mask, token_type_ids: texts (prompts or reports).
             pixel_values (`[B_img, C, H, W]` or `[B_img, V, C, H, W]`), view_mask (`[B_img, V]`): images or studies.
             return_loss (`bool`): add the global contrastive loss (needs `B_img == B_txt`, pairs on the diagonal).
+            output_attentions, output_hidden_states (`bool`, *optional*): return the towers' attention weights /
+                hidden states (inside `vision_model_output` and `text_model_output`); default from the config.
+            return_dict (`bool`, *optional*): `False` returns a tuple; default `config.return_dict`.
+            kwargs: other keys a pipeline or processor may pass; ignored.
 
         Returns:
             [`AltaOutput`] with `logits_per_image = exp(logit_scale) * cosine` `[B_img, B_txt]`.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("AltaModel.forward needs both `input_ids` and `pixel_values`.")
-        output_hidden_states = bool(output_hidden_states)
-        vision_out = self.vision_model(pixel_values, view_mask=view_mask, output_hidden_states=output_hidden_states)
+        output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states")
+        output_attentions = _output_flag(output_attentions, self.config, "output_attentions")
+        vision_out = self.vision_model(
+            pixel_values,
+            view_mask=view_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         text_out = self.text_model(
-            input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         image_embeds = F.normalize(self.vision_projection(vision_out.pooler_output), dim=-1)
         text_embeds = F.normalize(self.text_projection(text_out.pooler_output), dim=-1)
@@ -1422,7 +1796,7 @@ class AltaModel(AltaPreTrainedModel):
             text_model_output=text_out,
             vision_model_output=vision_out,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if _output_flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
 
 class AltaForPreTraining(AltaPreTrainedModel):
@@ -1447,8 +1821,27 @@ class AltaForPreTraining(AltaPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.alta.text_model.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.alta.text_model.embeddings.word_embeddings = value
+
     def get_output_embeddings(self) -> nn.Module:
         return self.mlm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.mlm_head.decoder = value
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings`, plus the MLM head's output bias (a separate `[vocab]` parameter,
+        as in the reference): kept for the old tokens, zero for new ones."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        old = self.mlm_head.bias
+        size = embeddings.weight.shape[0]
+        if old.shape[0] != size:
+            new = torch.zeros(size, dtype=old.dtype, device=old.device)
+            keep = min(size, old.shape[0])
+            new[:keep] = old.detach()[:keep]
+            self.mlm_head.bias = nn.Parameter(new, requires_grad=old.requires_grad)
+        return embeddings
 
     def clamp_logit_scales(self) -> None:
         self.alta.clamp_logit_scales()
@@ -1519,7 +1912,15 @@ class AltaForPreTraining(AltaPreTrainedModel):
             mask_ratio (`float`, *optional*): overrides `config.vision_config.mask_ratio`.
             return_loss (`bool`): also compute the two contrastive losses on this batch alone and the weighted sum.
                 Training across processes passes False and gathers the returned features (training/losses.py).
+            kwargs: other keys a collator or trainer may pass; ignored (per-layer outputs come from `AltaModel`
+                and the towers, with a warning when asked for here).
         """
+        asked = [k for k in ("output_attentions", "output_hidden_states") if kwargs.get(k)]
+        if asked:
+            logger.warning_once(
+                f"AltaForPreTraining returns losses and features, not per-layer outputs: {asked} ignored; use "
+                "AltaModel (vision_model_output / text_model_output) or the towers for them."
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if mlm_input_ids is not None and mlm_labels is None:
@@ -1569,7 +1970,7 @@ class AltaForPreTraining(AltaPreTrainedModel):
             logit_scale=scale,
             logit_scale_local=local_scales,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if _output_flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
     def _encode_study(
         self,

@@ -144,10 +144,13 @@ class AltaProcessor(ProcessorMixin):
     Args:
         image_processor ([`AltaImageProcessor`], *optional*): the image processor.
         tokenizer ([`BertTokenizer`], *optional*): the CXR-BERT tokenizer.
+        max_length (`int`, *optional*, defaults to 128): the report length in tokens the model was trained with
+            (the reference's 128): the default padding and truncation length of texts. It is saved in
+            `processor_config.json`; the model config holds no tokenizer limit.
 
-    Text defaults are those of training: `padding="max_length"`, `max_length=128`, `truncation=True`. An empty (or
-    whitespace-only) report raises `ValueError`; a report longer than `max_length` tokens is truncated and a
-    warning names it.
+    Text defaults are those of training: `padding="max_length"`, `max_length=self.max_length`, `truncation=True`.
+    An empty (or whitespace-only) report raises `ValueError`; a report longer than `max_length` tokens is truncated
+    and a warning names it.
 
     Example:
 
@@ -161,7 +164,13 @@ class AltaProcessor(ProcessorMixin):
     ```
     """
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, max_length: int | None = None, **kwargs: Any
+    ) -> None:
+        max_length = DEFAULT_MAX_LENGTH if max_length is None else int(max_length)
+        if max_length < 2:
+            raise ValueError(f"`max_length` must hold at least [CLS] and [SEP] (2 tokens); got {max_length}.")
+        self.max_length = max_length
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(
@@ -170,7 +179,7 @@ class AltaProcessor(ProcessorMixin):
         text: str | Sequence[str] | None = None,
         return_tensors: str | None = None,
         padding: bool | str = "max_length",
-        max_length: int | None = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         truncation: bool = True,
         clean_text: bool = False,
         images_kwargs: dict[str, Any] | None = None,
@@ -182,7 +191,8 @@ class AltaProcessor(ProcessorMixin):
             images: anything [`AltaImageProcessor`] accepts (one image, a list, a study dict, a list of studies).
             text (`str` or `list[str]`): reports or prompts.
             return_tensors (`str`, *optional*): `"pt"` or `"np"`.
-            padding, max_length, truncation: tokenizer settings; defaults pad and truncate to 128 tokens.
+            padding, max_length, truncation: tokenizer settings; defaults pad and truncate to `self.max_length` tokens
+                (128 unless the processor was saved with another length).
             clean_text (`bool`, defaults to `False`): apply [`process_text`] first (evaluation prompts, for parity
                 with the official zero-shot numbers).
             images_kwargs (`dict`, *optional*): extra arguments for the image processor (e.g. `train=True, seed=0`).
@@ -202,7 +212,7 @@ class AltaProcessor(ProcessorMixin):
                 encode_texts(
                     self.tokenizer,
                     text,
-                    max_length=max_length,
+                    max_length=self.max_length if max_length is None else max_length,
                     padding=padding,
                     truncation=truncation,
                     clean_text=clean_text,

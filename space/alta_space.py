@@ -267,7 +267,7 @@ class AltaDemo:
             raise ValueError(f"unknown prompt ensemble {ensemble!r}; choose from {[*ENSEMBLES, TYPED_LABELS]}")
         if key not in self._classifiers:
             limit = int(self.model.config.text_config.max_position_embeddings)
-            length = min(settings["max_length"] or default_text_length(self.model), limit)
+            length = min(settings["max_length"] or default_text_length(self.processor), limit)
             self._classifiers[key] = ZeroShotClassifier(
                 self.model, self.processor, prompts, clean_text=settings["clean_text"], max_length=length
             )

@@ -72,9 +72,11 @@ def demo_preset_model(output: Path, seed: int = 0) -> Path:
     from transformers import BertTokenizer
 
     tokenizer = BertTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.model_max_length = config.text_config.max_length
+    tokenizer.model_max_length = 80  # the report length `python -m training.demo` trains with (--max_length 80)
     processor = AltaProcessor(
-        image_processor=AltaImageProcessor.for_vision_config(config.vision_config), tokenizer=tokenizer
+        image_processor=AltaImageProcessor.for_vision_config(config.vision_config),
+        tokenizer=tokenizer,
+        max_length=tokenizer.model_max_length,
     )
     processor.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)

@@ -4,7 +4,8 @@ The golden checkpoint is converted with `alta-convert` (as a real subprocess), a
 folder (`meta.json` for the attention heads, which weights cannot reveal; the checkpoint and the text config for
 the rest), so the same test runs on golden folders of other sizes. When `ALTA_PARITY_DIR` is set, a missing file
 is an error, never a skip. Tolerances are the goldens' README's: 1e-5 for features, logits and losses; 1e-4
-relative for gradients.
+relative for gradients. Every model-level check runs on both attention paths: `sdpa` (the default) and `eager`
+(attention written out, the path that returns attention weights).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .conftest import REPO_ROOT
 FEATURE_TOL = {"atol": 1e-5, "rtol": 1e-5}
 LOSS_TOL = {"atol": 0.0, "rtol": 1e-5}
 SCENARIOS = ("full", "missing")
+ATTENTION = ("sdpa", "eager")
 
 
 def _load(parity: Path, name: str) -> dict[str, torch.Tensor]:
@@ -79,19 +81,28 @@ def converted(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.fixture(scope="module", params=ATTENTION)
+def attn_implementation(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _load_model(cls, folder: Path, attn_implementation: str):
+    model = cls.from_pretrained(folder, attn_implementation=attn_implementation).eval()
+    # every attention module of both towers (and the decoder) runs the requested kernel
+    for sub in (model.config, model.config.vision_config, model.config.text_config):
+        assert sub._attn_implementation == attn_implementation
+    return model
+
+
 @pytest.fixture(scope="module")
-def pretraining_model(converted: Path) -> AltaForPreTraining:
+def pretraining_model(converted: Path, attn_implementation: str) -> AltaForPreTraining:
     torch.set_num_threads(1)
-    model = AltaForPreTraining.from_pretrained(converted)
-    model.eval()
-    return model
+    return _load_model(AltaForPreTraining, converted, attn_implementation)
 
 
 @pytest.fixture(scope="module")
-def dual_encoder(converted: Path) -> AltaModel:
-    model = AltaModel.from_pretrained(converted)
-    model.eval()
-    return model
+def dual_encoder(converted: Path, attn_implementation: str) -> AltaModel:
+    return _load_model(AltaModel, converted, attn_implementation)
 
 
 def test_sizes_come_from_the_golden_folder(parity_dir: Path, pretraining_model: AltaForPreTraining) -> None:
@@ -118,7 +129,7 @@ def test_state_dict_round_trip_is_exact(parity_dir: Path, pretraining_model: Alt
 def test_image_features(parity_dir: Path, dual_encoder: AltaModel) -> None:
     golden = _load(parity_dir, "img_feature.safetensors")
     with torch.no_grad():
-        feats = F.normalize(dual_encoder.get_image_features(golden["x"].float()), dim=-1)
+        feats = F.normalize(dual_encoder.get_image_features(golden["x"].float()).pooler_output, dim=-1)
     torch.testing.assert_close(feats, golden["img_feature"], **FEATURE_TOL)
 
 
@@ -128,7 +139,7 @@ def test_text_features(parity_dir: Path, dual_encoder: AltaModel) -> None:
         out = dual_encoder.text_model(golden["input_ids"], golden["attention_mask"], golden["token_type_ids"])
         projected = dual_encoder.get_text_features(
             golden["input_ids"], golden["attention_mask"], golden["token_type_ids"]
-        )
+        ).pooler_output
     torch.testing.assert_close(out.last_hidden_state, golden["last_hidden_state"], **FEATURE_TOL)
     torch.testing.assert_close(projected, golden["cls_projected_embedding_unnormalised"], **FEATURE_TOL)
     torch.testing.assert_close(F.normalize(projected, dim=-1), golden["txt_feature"], **FEATURE_TOL)
@@ -142,7 +153,9 @@ def test_zero_shot_logits(parity_dir: Path, dual_encoder: AltaModel) -> None:
     with torch.no_grad():
         for name in classes:
             key = name.replace(" ", "_")
-            prompts = dual_encoder.get_text_features(golden[f"{key}.input_ids"], golden[f"{key}.attention_mask"])
+            prompts = dual_encoder.get_text_features(
+                golden[f"{key}.input_ids"], golden[f"{key}.attention_mask"]
+            ).pooler_output
             torch.testing.assert_close(prompts, golden[f"{key}.prompt_embeddings"], **FEATURE_TOL)
             class_feature = F.normalize(prompts.mean(0), dim=-1)
             torch.testing.assert_close(class_feature, golden[f"{key}.class_feature"], **FEATURE_TOL)
@@ -150,12 +163,9 @@ def test_zero_shot_logits(parity_dir: Path, dual_encoder: AltaModel) -> None:
         class_features = torch.stack(class_features)
         torch.testing.assert_close(class_features, golden["class_features"], **FEATURE_TOL)
         torch.testing.assert_close(image @ class_features.t(), golden["logits"], **FEATURE_TOL)
-        pos = F.normalize(
-            dual_encoder.get_text_features(golden["rsna.pos_input_ids"], golden["rsna.pos_attention_mask"]), dim=-1
-        )
-        neg = F.normalize(
-            dual_encoder.get_text_features(golden["rsna.neg_input_ids"], golden["rsna.neg_attention_mask"]), dim=-1
-        )
+        pos = dual_encoder.get_text_features(golden["rsna.pos_input_ids"], golden["rsna.pos_attention_mask"])
+        neg = dual_encoder.get_text_features(golden["rsna.neg_input_ids"], golden["rsna.neg_attention_mask"])
+        pos, neg = F.normalize(pos.pooler_output, dim=-1), F.normalize(neg.pooler_output, dim=-1)
     torch.testing.assert_close(pos, golden["rsna.pos_feature"], **FEATURE_TOL)
     torch.testing.assert_close(neg, golden["rsna.neg_feature"], **FEATURE_TOL)
     sims = torch.stack([(image @ pos.t())[:, 0], (image @ neg.t())[:, 0]], dim=1)
@@ -224,11 +234,11 @@ def test_slot0_resize_matches_reference(parity_dir: Path) -> None:
     torch.testing.assert_close(resized, golden["img_224"], atol=0, rtol=0)
 
 
-def test_gradients_of_trainable_parameters(parity_dir: Path, converted: Path) -> None:
+def test_gradients_of_trainable_parameters(parity_dir: Path, converted: Path, attn_implementation: str) -> None:
     golden = _load(parity_dir, "train_forward.safetensors")
     expected = _load(parity_dir, "train_grads_full_normpix.safetensors")
-    model = AltaForPreTraining.from_pretrained(converted)
-    model.eval()  # the goldens were recorded in eval mode (no dropout)
+    # the goldens were recorded in eval mode (no dropout)
+    model = _load_model(AltaForPreTraining, converted, attn_implementation)
     model.config.vision_config.norm_pix_loss = True
     model.freeze_backbone()
     out = model(**_train_inputs(golden, "full"))

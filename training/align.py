@@ -152,7 +152,7 @@ def set_up(model_args: ModelArguments, data_args: DataArguments, args: AlignArgu
     # Seeded before the model is built: fresh weights (presets) and dropout draw from this stream.
     torch.manual_seed(args.seed + accelerator.process_index)
 
-    model, processor, counts = build_model(model_args, args)
+    model, processor, counts = build_model(model_args, args, max_length=data_args.max_length)
     config = unwrap_alta_model(model, "alta").config
     with accelerator.main_process_first():
         dataset = load_train_dataset(data_args)

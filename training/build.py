@@ -89,9 +89,10 @@ def _text_dropout(model_args: ModelArguments) -> dict[str, float]:
     return {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
 
 
-def build_model(model_args: ModelArguments, args: AlignArguments):
+def build_model(model_args: ModelArguments, args: AlignArguments, max_length: int | None = None):
     """The `AltaForPreTraining` to train (a `PeftModel` around it for lora/ia3), its processor, and the parameter
-    counts `{"trainable", "total"}`.
+    counts `{"trainable", "total"}`. `max_length` (the run's report length) becomes the processor's, so the exported
+    folder tokenises as the run did.
 
     Every setting that changes the modules (loss weights, text dropout, masking) goes into the config *before* the
     model is built, so the saved config is the one the run used.
@@ -127,15 +128,19 @@ def build_model(model_args: ModelArguments, args: AlignArguments):
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if tokenizer_source is None:
         raise ValueError("With --preset, give --tokenizer_name_or_path (a folder with the text model's vocab.txt).")
-    processor = load_processor(tokenizer_source, model.config)
+    processor = load_processor(tokenizer_source, model.config, max_length)
     model, counts = apply_training_mode(model, model_args)
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, processor, counts
 
 
-def load_processor(source: str, config):
-    """The processor saved in `source`, or one built from its tokenizer files and the model's sizes."""
+def load_processor(source: str, config, max_length: int | None = None):
+    """The processor saved in `source`, or one built from its tokenizer files and the model's sizes.
+
+    `max_length` (the report length in tokens) replaces the processor's when given; a processor built here without
+    it gets the reference's 128. The tokenizer's `model_max_length` is set to the same value.
+    """
     from transformers import BertTokenizer
 
     from modeling_alta.configuration_alta import check_pretrained_source
@@ -145,12 +150,17 @@ def load_processor(source: str, config):
     check_pretrained_source(source, "tokenizer")
     folder = Path(source)
     if (folder / "processor_config.json").is_file():
-        return AltaProcessor.from_pretrained(source)
-    tokenizer = BertTokenizer.from_pretrained(source)
-    tokenizer.model_max_length = config.text_config.max_length
-    return AltaProcessor(
-        image_processor=AltaImageProcessor.for_vision_config(config.vision_config), tokenizer=tokenizer
-    )
+        processor = AltaProcessor.from_pretrained(source)
+        if max_length is not None:
+            processor.max_length = int(max_length)
+    else:
+        processor = AltaProcessor(
+            image_processor=AltaImageProcessor.for_vision_config(config.vision_config),
+            tokenizer=BertTokenizer.from_pretrained(source),
+            max_length=max_length,
+        )
+    processor.tokenizer.model_max_length = processor.max_length
+    return processor
 
 
 def _backbone_trainable(model, method: str) -> None:

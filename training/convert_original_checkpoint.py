@@ -12,10 +12,18 @@ This module is the one place that knows the official key layout (github.com/Dopa
   its CLS head and MLM head come from the CXR-BERT folder, and the text local head is a copy of the CLS head (as
   the reference initialises it).
 
-Every size is read from the checkpoint and the text config; attention-head counts are not recoverable from
-weights and default to a head width of 64 (encoder) and 128 (decoder), as in ViT-B/16 + the MRM decoder, or are
-given with `--vision-num-attention-heads`/`--decoder-num-attention-heads`. Every source key is either used or
-reported; the command fails on an unused key unless `--allow-unused` is given.
+Checkpoint files are read with `torch.load(weights_only=True)`, never with code execution. Training-format files, as
+the MAE / MRM / ALTA `save_model` writes them (`{'model', 'optimizer', 'epoch', 'name', 'scaler', 'args'}` with `args`
+an `argparse.Namespace`), need a few plain classes besides tensors; those (`TRAINING_CHECKPOINT_GLOBALS`) are allowed
+inside a `torch.serialization.safe_globals` block for that one load, never globally. Any other global is refused, with
+the file and the global named. Only `model` is converted; the epoch, the run name, the recipe values in `args`, and a
+summary of the optimizer and loss-scaler state go into `conversion_report.json`.
+
+Every size is read from the checkpoint and the text config. Attention-head counts are not recoverable from weights:
+give them with `--vision-num-attention-heads`/`--decoder-num-attention-heads`. Without the flags they default to a
+head width of 64 (encoder) and 128 (decoder), as in ViT-B/16 and the MRM decoder, and the log and the report say so;
+where a width is not a multiple of that, the command stops and names every flag it needs. Every source key is either
+used or reported; the command fails on an unused key unless `--allow-unused` is given.
 """
 
 from __future__ import annotations
@@ -23,10 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import pathlib
+import pickle
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,9 +109,90 @@ def map_official_key(key: str) -> str | None:
     return _rename(key, _VISION_RENAMES)
 
 
+# Plain classes a training-format checkpoint holds besides tensors and builtins: `args` is an `argparse.Namespace`
+# (MAE/MRM/ALTA `save_model`), whose values may include paths. Rebuilding them sets attributes or parts; nothing is
+# imported or called beyond these constructors.
+TRAINING_CHECKPOINT_GLOBALS: tuple[type, ...] = (
+    argparse.Namespace,
+    pathlib.PurePosixPath,
+    pathlib.PureWindowsPath,
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+)
+# Keys of a training-format checkpoint that hold the weights, in the order they are looked for.
+_WEIGHT_KEYS = ("model", "state_dict", "module")
+# `args` entries shown in the one-line summary when present (the full `args` goes into the report).
+_SUMMARY_ARGS = ("model", "batch_size", "epochs", "max_epochs", "blr", "lr", "mask_ratio", "norm_pix_loss")
+# Head widths behind the default head counts: ViT-B/16 (768 / 12) and the MRM decoder (768 / 6).
+DEFAULT_HEAD_WIDTH = {"vision": 64, "decoder": 128}
+_HEAD_FLAGS = {"vision": "--vision-num-attention-heads", "decoder": "--decoder-num-attention-heads"}
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint needs globals outside the allowlist to be unpickled; it was not loaded."""
+
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint file held: the weights, and a description of everything else (never executed)."""
+
+    path: str
+    state_dict: dict[str, torch.Tensor]
+    format: str  # "safetensors", "state_dict" (bare), "wrapped" ({'model': ...}) or "training" (with optimizer, ...)
+    weights_key: str | None = None
+    other_keys: list[str] = field(default_factory=list)
+    epoch: Any = None
+    name: Any = None
+    args: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "format": self.format, "weights_key": self.weights_key}
+        if self.other_keys:
+            out["other_keys"] = self.other_keys
+        for key in ("epoch", "name", "args", "optimizer", "scaler"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.extra:
+            out["extra"] = self.extra
+        return out
+
+    def summary(self) -> str:
+        """One line: the format and, for a training checkpoint, its epoch, name and main recipe values."""
+        parts = [f"{self.format} checkpoint"]
+        if self.epoch is not None:
+            parts.append(f"epoch {self.epoch}")
+        if self.name is not None:
+            parts.append(f"name {self.name!r}")
+        if self.args:
+            recipe = [f"{k}={self.args[k]}" for k in _SUMMARY_ARGS if k in self.args]
+            parts.append(f"args: {', '.join(recipe) if recipe else str(len(self.args)) + ' values'}")
+        if self.optimizer is not None:
+            parts.append(f"optimizer state of {self.optimizer.get('param_groups', '?')} group(s) ignored")
+        return ", ".join(parts)
+
+
+@dataclass
+class HeadCount:
+    """An attention-head count and where it came from."""
+
+    value: int
+    origin: str
+    default: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "origin": self.origin, "default": self.default}
+
+    def describe(self) -> str:
+        return f"{self.value} ({'DEFAULT: ' if self.default else ''}{self.origin})"
+
+
 @dataclass
 class ConversionReport:
-    """What happened to every source key."""
+    """What happened to every source key, what else the file held, and where each head count came from."""
 
     used: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
@@ -106,10 +201,16 @@ class ConversionReport:
     initialised: list[str] = field(default_factory=list)
     derived: dict[str, str] = field(default_factory=dict)
     kind: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    source_summary: str = ""
+    attention_heads: dict[str, HeadCount] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,
+            "summary": self.source_summary,
+            "source": self.source,
+            "attention_heads": {k: v.to_dict() for k, v in self.attention_heads.items()},
             "used": len(self.used),
             "tied_checked": self.tied,
             "ignored": self.ignored,
@@ -118,28 +219,130 @@ class ConversionReport:
             "derived": self.derived,
         }
 
+    def heads_line(self) -> str:
+        return ", ".join(f"{tower} {count.describe()}" for tower, count in self.attention_heads.items())
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a `.pth`/`.bin` (with `weights_only=True`; a top-level `model` or `state_dict` entry is unwrapped) or a
-    `.safetensors` file."""
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable copy of a value found in a checkpoint (paths as strings, tensors summarised)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() == 1 else f"tensor{tuple(value.shape)}"
+    return repr(value)
+
+
+def _global_names(classes: tuple[type, ...]) -> list[str]:
+    return [f"{c.__module__}.{c.__qualname__}" for c in classes]
+
+
+def _torch_load(path: Path) -> Any:
+    """`torch.load(weights_only=True)` with the training-format classes allowed for this one call."""
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: nothing can be allowed in a scoped way
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(list(TRAINING_CHECKPOINT_GLOBALS)):
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            unsafe = _unsafe_globals(path, err)
+            if unsafe:
+                raise UnsafeCheckpointError(
+                    f"Refusing to load {path}: it needs the global(s) {unsafe}, which are not plain weights or one of "
+                    f"the allowed training-checkpoint classes {_global_names(TRAINING_CHECKPOINT_GLOBALS)}. Loading "
+                    "it would import and call them (arbitrary code); it was not loaded. Re-save the weights alone "
+                    "(`torch.save(ckpt['model'], ...)` or safetensors) from a trusted environment."
+                ) from None
+            raise ValueError(f"Could not read {path} as a PyTorch checkpoint with weights_only=True: {err}") from err
+
+
+def _unsafe_globals(path: Path, err: Exception) -> list[str]:
+    """The globals of `path` outside the allowlist (called inside the `safe_globals` block), without loading it."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if finder is not None:
+        try:
+            return list(finder(str(path)))
+        except Exception:  # noqa: BLE001 - fall back to the message of the refused load
+            pass
+    return re.findall(r"GLOBAL ([\w.]+)", str(err))
+
+
+def read_checkpoint(path: str | Path) -> CheckpointContents:
+    """Read a `.pth`/`.bin` (with `weights_only=True`) or `.safetensors` file: the weights and what else it held.
+
+    Accepted layouts: a bare state dict; `{'model' | 'state_dict' | 'module': state_dict, ...}`, e.g. the training
+    format `{'model', 'optimizer', 'epoch', 'name', 'scaler', 'args'}`. Only the weights are used.
+
+    Raises:
+        `FileNotFoundError` for a missing file, `UnsafeCheckpointError` (a `ValueError`) for a file that needs
+        non-allowed globals (it is never unpickled), `ValueError` for anything else unreadable; each names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path)))
+        return CheckpointContents(path=str(path), state_dict=dict(load_file(str(path))), format="safetensors")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
+    except ValueError:
+        raise
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"Could not read {path} as a PyTorch checkpoint with weights_only=True: {err}") from err
-    for wrapper in ("model", "state_dict", "module"):
-        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a state dict of tensors (found {type(obj).__name__}).")
-    return obj
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return CheckpointContents(path=str(path), state_dict=dict(obj), format="state_dict")
+    weights_key = next((k for k in _WEIGHT_KEYS if isinstance(obj.get(k), dict)), None)
+    if weights_key is None:
+        raise ValueError(
+            f"{path} holds neither a state dict nor one under {list(_WEIGHT_KEYS)}; its top-level keys are "
+            f"{sorted(map(str, obj))[:20]}."
+        )
+    weights = obj[weights_key]
+    bad = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: entry {weights_key!r} is not a state dict of tensors (e.g. key {bad[0]!r}).")
+    others = {k: v for k, v in obj.items() if k != weights_key}
+    contents = CheckpointContents(
+        path=str(path),
+        state_dict=dict(weights),
+        format="training" if others else "wrapped",
+        weights_key=weights_key,
+        other_keys=sorted(map(str, others)),
+    )
+    for key, value in others.items():
+        if key == "epoch":
+            contents.epoch = _plain(value)
+        elif key == "name":
+            contents.name = _plain(value)
+        elif key == "args":
+            contents.args = _plain(vars(value) if isinstance(value, argparse.Namespace) else value)
+        elif key == "optimizer" and isinstance(value, dict):
+            groups = value.get("param_groups") or []
+            contents.optimizer = {
+                "param_groups": len(groups),
+                "state_entries": len(value.get("state") or {}),
+                "hyperparameters": [_plain({k: v for k, v in g.items() if k != "params"}) for g in groups],
+            }
+        elif key == "scaler":
+            contents.scaler = _plain(value)
+        else:
+            contents.extra[str(key)] = _plain(value) if not isinstance(value, dict) else f"dict of {len(value)}"
+    return contents
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file (see `read_checkpoint`)."""
+    return read_checkpoint(path).state_dict
 
 
 def load_text_folder(text_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor] | None]:
@@ -167,15 +370,58 @@ def _layer_count(keys: list[str], prefix: str) -> int:
     return len(indices)
 
 
-def _heads(hidden: int, explicit: int | None, head_dim: int, what: str) -> int:
-    if explicit is not None:
-        return explicit
-    if hidden % head_dim or hidden < head_dim:
+def choose_heads(widths: dict[str, int | None], explicit: dict[str, int | None]) -> dict[str, HeadCount]:
+    """Head counts for the vision encoder and the decoder: the flags where given, else `width / head width` (64 and
+    128), marked as defaults. A width of None means the part is not in the checkpoint (the config default is kept).
+
+    Raises:
+        `ValueError` naming every flag needed when a count is missing and cannot be defaulted.
+    """
+    heads: dict[str, HeadCount] = {}
+    impossible: list[str] = []
+    for part, width in widths.items():
+        flag = _HEAD_FLAGS[part]
+        given = explicit.get(part)
+        if given is not None:
+            if given < 1 or (width is not None and width % given):
+                raise ValueError(f"{flag} {given} does not divide the {part} width {width} from the checkpoint.")
+            heads[part] = HeadCount(given, flag, default=False)
+            continue
+        if width is None:
+            continue
+        head_width = DEFAULT_HEAD_WIDTH[part]
+        if width % head_width or width < head_width:
+            impossible.append(f"{part} width {width} is not a multiple of the default head width {head_width}")
+            continue
+        heads[part] = HeadCount(width // head_width, f"width {width} / default head width {head_width}", True)
+    if impossible:
+        needed = [_HEAD_FLAGS[p] for p in widths if explicit.get(p) is None and widths[p] is not None]
+        defaulted = [
+            f"without {_HEAD_FLAGS[p]}, {p} would default to {h.value}" for p, h in heads.items() if h.default
+        ]
         raise ValueError(
-            f"Cannot infer the {what} attention heads for width {hidden} (not a multiple of {head_dim}); pass "
-            f"--{what}-num-attention-heads."
+            "Attention-head counts are not stored in the weights and cannot be inferred here: "
+            + "; ".join(impossible)
+            + f". Pass {' and '.join(needed)} with the counts the model was trained with"
+            + (f" ({'; '.join(defaulted)} head(s), a guess)." if defaulted else ".")
         )
-    return hidden // head_dim
+    return heads
+
+
+_TEXT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "pad_token_id",
+)
 
 
 def infer_config(
@@ -185,8 +431,12 @@ def infer_config(
     vision_heads: int | None = None,
     decoder_heads: int | None = None,
     vision_layer_norm_eps: float = 1e-6,
+    heads: dict[str, HeadCount] | None = None,
 ):
-    """Build an `AltaConfig` whose every size comes from the checkpoint (and the text config for BERT)."""
+    """Build an `AltaConfig` whose every size comes from the checkpoint (and the text config for BERT).
+
+    `heads`, when given, receives the chosen head counts and their origins (see `choose_heads`).
+    """
     from modeling_alta.configuration_alta import AltaAdapterConfig, AltaConfig
 
     keys = list(vision_sd)
@@ -200,25 +450,28 @@ def infer_config(
     grid = int(round(num_patches**0.5))
     if grid * grid != num_patches:
         raise ValueError(f"pos_embed holds {num_patches} patch positions, not a square grid.")
-    depth = _layer_count(keys, "blocks.")
+    has_decoder = "decoder_embed.weight" in vision_sd
+    dec_hidden = vision_sd["decoder_embed.weight"].shape[0] if has_decoder else None
+    chosen = choose_heads(
+        {"vision": hidden, "decoder": dec_hidden}, {"vision": vision_heads, "decoder": decoder_heads}
+    )
     vision = {
         "hidden_size": hidden,
-        "num_hidden_layers": depth,
-        "num_attention_heads": _heads(hidden, vision_heads, 64, "vision"),
+        "num_hidden_layers": _layer_count(keys, "blocks."),
+        "num_attention_heads": chosen["vision"].value,
         "intermediate_size": vision_sd["blocks.0.mlp.fc1.weight"].shape[0],
         "image_size": grid * patch,
         "patch_size": patch,
         "num_channels": channels,
         "layer_norm_eps": vision_layer_norm_eps,
     }
-    if "decoder_embed.weight" in vision_sd:
-        dec_hidden = vision_sd["decoder_embed.weight"].shape[0]
+    if has_decoder:
         pred_out = vision_sd["decoder_pred.weight"].shape[0]
         recon_patch = int(round((pred_out / channels) ** 0.5))
         vision.update(
             decoder_hidden_size=dec_hidden,
             decoder_num_hidden_layers=_layer_count(keys, "decoder_blocks."),
-            decoder_num_attention_heads=_heads(dec_hidden, decoder_heads, 128, "decoder"),
+            decoder_num_attention_heads=chosen["decoder"].value,
             decoder_intermediate_size=vision_sd["decoder_blocks.0.mlp.fc1.weight"].shape[0],
             reconstruction_patch_size=recon_patch,
             reconstruction_image_size=grid * recon_patch,
@@ -226,24 +479,7 @@ def infer_config(
     if "view_embedding" in vision_sd:
         vision["num_view_kinds"] = vision_sd["view_embedding"].shape[1]
         vision["num_times"] = vision_sd["temporal_embedding"].shape[1]
-    text = {
-        k: text_config[k]
-        for k in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "hidden_act",
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-            "max_position_embeddings",
-            "type_vocab_size",
-            "layer_norm_eps",
-            "pad_token_id",
-        )
-        if k in text_config
-    }
+    text = {k: text_config[k] for k in _TEXT_KEYS if k in text_config}
     if text_sd is not None:
         word = text_sd.get("bert.embeddings.word_embeddings.weight")
         if word is not None and tuple(word.shape) != (text.get("vocab_size"), text.get("hidden_size")):
@@ -265,7 +501,20 @@ def infer_config(
         width = vision_sd[adapter_key].shape[0]
         if width != adapter.hidden_size_for(hidden):
             adapter = AltaAdapterConfig(bottleneck_size=width)
-    return AltaConfig(vision_config=vision, text_config=text, adapter_config=adapter, projection_dim=projection)
+    config = AltaConfig(vision_config=vision, text_config=text, adapter_config=adapter, projection_dim=projection)
+    if heads is not None:
+        heads.update(chosen)
+        if "decoder" not in chosen:
+            heads["decoder"] = HeadCount(
+                config.vision_config.decoder_num_attention_heads, "no decoder in the checkpoint: config default", True
+            )
+        if "num_attention_heads" in text_config:
+            heads["text"] = HeadCount(text["num_attention_heads"], "text model config.json", default=False)
+        else:
+            heads["text"] = HeadCount(
+                config.text_config.num_attention_heads, "not in the text config.json: BERT default", True
+            )
+    return config
 
 
 def convert(
@@ -276,12 +525,17 @@ def convert(
     decoder_heads: int | None = None,
     allow_unused: bool = False,
 ) -> ConversionReport:
-    """Convert `checkpoint` (+ the CXR-BERT folder `text_model`) and write a model folder to `output`."""
+    """Convert `checkpoint` (+ the CXR-BERT folder `text_model`) and write a model folder to `output`.
+
+    `conversion_report.json`, written last and atomically, marks a complete folder; it records what the checkpoint
+    held besides the weights and where each attention-head count came from.
+    """
     from modeling_alta.modeling_alta import AltaForPreTraining
 
-    source = load_state_dict(checkpoint)
+    contents = read_checkpoint(checkpoint)
+    source = contents.state_dict
     text_config, text_weights = load_text_folder(text_model)
-    report = ConversionReport()
+    report = ConversionReport(source=contents.to_dict(), source_summary=contents.summary())
     is_alta = any(k.startswith("bert_encoder.") for k in source)
     report.kind = "alta" if is_alta else "mrm"
     vision_sd = {k: v for k, v in source.items() if not k.startswith("bert_encoder.")}
@@ -294,7 +548,18 @@ def convert(
                 "which has neither model.safetensors nor pytorch_model.bin."
             )
         text_sd = dict(text_weights)
-    config = infer_config(vision_sd, text_config, text_sd, vision_heads, decoder_heads)
+    config = infer_config(vision_sd, text_config, text_sd, vision_heads, decoder_heads, heads=report.attention_heads)
+    for part, count in report.attention_heads.items():
+        if count.default and part in ("vision", "decoder"):
+            logger.warning(
+                "%s attention heads: %d is a DEFAULT (%s), not read from %s; pass %s if the model was trained "
+                "with another count (a wrong count converts without error but computes other features)",
+                part,
+                count.value,
+                count.origin,
+                checkpoint,
+                _HEAD_FLAGS[part],
+            )
     model = AltaForPreTraining(config)
     model.eval()
     target = model.state_dict()
@@ -361,30 +626,61 @@ def convert(
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     _save_processor(text_model, output, config)
-    (output / "conversion_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    _write_json_atomic(output / "conversion_report.json", report.to_dict())
     return report
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(obj, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _save_processor(text_model: str | Path, output: Path, config) -> None:
     from transformers import BertTokenizer
 
-    tokenizer = BertTokenizer.from_pretrained(str(text_model))
-    tokenizer.model_max_length = config.text_config.max_length
     from modeling_alta.image_processing_alta import AltaImageProcessor
-    from modeling_alta.processing_alta import AltaProcessor
+    from modeling_alta.processing_alta import DEFAULT_MAX_LENGTH, AltaProcessor
 
+    tokenizer = BertTokenizer.from_pretrained(str(text_model))
+    # The reference trains and evaluates with 128-token reports; the processor carries that length.
+    tokenizer.model_max_length = DEFAULT_MAX_LENGTH
     image_processor = AltaImageProcessor.for_vision_config(config.vision_config)
     # AltaProcessor.save_pretrained also writes preprocessor_config.json for AutoImageProcessor.
-    AltaProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output)
+    AltaProcessor(image_processor=image_processor, tokenizer=tokenizer, max_length=DEFAULT_MAX_LENGTH).save_pretrained(
+        output
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alta-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="ALTA.pth (released model) or MRM.pth (vision only)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="ALTA.pth (released model) or MRM.pth (vision only): a state dict, {'model': ...}, or a training "
+        "checkpoint {'model', 'optimizer', 'epoch', 'scaler', 'args', ...} (only 'model' is converted)",
+    )
     parser.add_argument("--text-model", required=True, help="CXR-BERT folder: config.json, vocab.txt, weights")
     parser.add_argument("--output", required=True, help="Folder to write (config, model.safetensors, processor)")
-    parser.add_argument("--vision-num-attention-heads", type=int, default=None)
-    parser.add_argument("--decoder-num-attention-heads", type=int, default=None)
+    parser.add_argument(
+        "--vision-num-attention-heads",
+        type=int,
+        default=None,
+        help="Heads of the ViT encoder (not stored in the weights; default: width / 64, reported as a default)",
+    )
+    parser.add_argument(
+        "--decoder-num-attention-heads",
+        type=int,
+        default=None,
+        help="Heads of the MAE decoder (not stored in the weights; default: width / 128, reported as a default)",
+    )
     parser.add_argument("--allow-unused", action="store_true", help="Report unknown source keys instead of failing")
     return parser
 
@@ -392,24 +688,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    report = convert(
-        args.checkpoint,
-        args.text_model,
-        args.output,
-        vision_heads=args.vision_num_attention_heads,
-        decoder_heads=args.decoder_num_attention_heads,
-        allow_unused=args.allow_unused,
-    )
-    summary = report.to_dict()
+    try:
+        report = convert(
+            args.checkpoint,
+            args.text_model,
+            args.output,
+            vision_heads=args.vision_num_attention_heads,
+            decoder_heads=args.decoder_num_attention_heads,
+            allow_unused=args.allow_unused,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        logger.error("alta-convert: error: %s", err)
+        return 1
     logger.info(
-        "converted %s checkpoint: %d keys used, %d tied (checked equal), %d ignored, %d unused, %d freshly "
-        "initialised -> %s",
-        summary["kind"],
-        summary["used"],
+        "converted %s %s (%s): %d keys used, %d tied (checked equal), %d ignored, %d unused, %d freshly initialised; "
+        "attention heads: %s -> %s",
+        report.kind,
+        args.checkpoint,
+        report.source_summary,
+        len(report.used),
         len(report.tied),
         len(report.ignored),
         len(report.unused),
         len(report.initialised),
+        report.heads_line(),
         args.output,
     )
     for key in report.unused:

@@ -44,8 +44,8 @@ def features(model) -> torch.Tensor:
     base = getattr(model, "alta", model)
     x = inputs()
     with torch.no_grad():
-        image = base.get_image_features(x["pixel_values"])
-        text = base.get_text_features(x["input_ids"], attention_mask=x["attention_mask"])
+        image = base.get_image_features(x["pixel_values"]).pooler_output
+        text = base.get_text_features(x["input_ids"], attention_mask=x["attention_mask"]).pooler_output
     return torch.cat([image, text], dim=-1)
 
 
@@ -68,6 +68,10 @@ def probe(model):
     base = getattr(model, "alta", model)
     with torch.no_grad():
         return torch.cat(
-            [base.get_image_features(pixel_values), base.get_text_features(ids, attention_mask=mask)], dim=-1
+            [
+                base.get_image_features(pixel_values).pooler_output,
+                base.get_text_features(ids, attention_mask=mask).pooler_output,
+            ],
+            dim=-1,
         )
 """

@@ -115,6 +115,18 @@ def test_mismatched_base_is_refused_with_both_sides_named(tmp_path):
     ):
         one_changed.load_alta_adapter(tmp_path)
 
+    # Same seed, same tensor shapes, same values: only the head count differs, which no tensor shows.
+    other_heads_count = make_model(seed=0, vision_config={"num_attention_heads": 2})
+    fingerprint, base = other_heads_count.alta_base_fingerprint(), make_model(seed=0).alta_base_fingerprint()
+    assert (fingerprint["structure"], fingerprint["weights"]) == (base["structure"], base["weights"])
+    for verify in (True, False):
+        with pytest.raises(
+            ValueError,
+            match=r"base of another architecture .*vision_config.num_attention_heads: adapter base 4, this model 2",
+        ):
+            other_heads_count.load_alta_adapter(tmp_path, verify_base_weights=verify)
+    assert other_heads_count.list_alta_adapters() == []
+
     other_arch = make_model(vision_config={"intermediate_size": 128})  # same adapters, other frozen MLPs
     with pytest.raises(ValueError, match=r"different base model: it records base 'user/alta-base'.*this AltaFor"):
         other_arch.load_alta_adapter(tmp_path)

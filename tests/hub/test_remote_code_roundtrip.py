@@ -31,10 +31,10 @@ pre = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).ev
 assert type(pre).__name__ == "AltaForPreTraining"
 with torch.no_grad():
     out = {
-        "image": model.get_image_features(inputs["pixels"]),
-        "study": model.get_image_features(inputs["study"]),
-        "text": model.get_text_features(inputs["ids"], inputs["mask"]),
-        "pre_image": pre.alta.get_image_features(inputs["pixels"]),
+        "image": model.get_image_features(inputs["pixels"]).pooler_output,
+        "study": model.get_image_features(inputs["study"]).pooler_output,
+        "text": model.get_text_features(inputs["ids"], inputs["mask"]).pooler_output,
+        "pre_image": pre.alta.get_image_features(inputs["pixels"]).pooler_output,
     }
 save_file(out, out_path)
 print("ok")
@@ -66,9 +66,9 @@ def _inputs(image_size: int, vocab: int) -> dict[str, torch.Tensor]:
 def _expected(model: AltaModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {
-            "image": model.get_image_features(inputs["pixels"]),
-            "study": model.get_image_features(inputs["study"]),
-            "text": model.get_text_features(inputs["ids"], inputs["mask"]),
+            "image": model.get_image_features(inputs["pixels"]).pooler_output,
+            "study": model.get_image_features(inputs["study"]).pooler_output,
+            "text": model.get_text_features(inputs["ids"], inputs["mask"]).pooler_output,
         }
 
 

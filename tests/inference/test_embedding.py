@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.embedding import (
+    default_text_length,
     embed_images,
     embed_images_to_store,
     embed_reports_to_store,
@@ -105,3 +106,11 @@ def test_bad_inputs_name_the_problem(model_and_processor, images):
         embed_images(torch.nn.Linear(2, 2), processor, images[:1])
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model_and_processor(images[0].parent)
+
+
+def test_text_length_comes_from_the_processor(model_and_processor):
+    """A converted folder's processor carries the reference's 128 tokens; the model config has no text length."""
+    model, processor = model_and_processor
+    assert default_text_length(processor) == processor.max_length == 128
+    with pytest.raises(TypeError, match="takes the processor"):
+        default_text_length(model)

@@ -92,7 +92,7 @@ def test_studies_use_the_multiview_path(model_and_processor, real_cxr_dir):
     assert inputs["pixel_values"].shape[:2] == (2, 4)
     assert inputs["view_mask"].tolist() == [[True, True, False, False], [True, False, True, False]]
     with torch.no_grad():
-        feats = model.get_image_features(inputs["pixel_values"], view_mask=inputs["view_mask"])
+        feats = model.get_image_features(inputs["pixel_values"], view_mask=inputs["view_mask"]).pooler_output
     expected = torch.nn.functional.normalize(feats, dim=-1) @ clf.class_embeddings.T
     torch.testing.assert_close(pred.logits, expected, atol=1e-6, rtol=1e-5)
     # a study differs from its frontal alone (the lateral/prior contribute)

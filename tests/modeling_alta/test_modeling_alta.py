@@ -50,7 +50,6 @@ class AltaModelTester:
             num_attention_heads=4,
             intermediate_size=64,
             max_position_embeddings=64,
-            max_length=self.seq_length,
         )
         return AltaConfig(vision_config=vision, text_config=text, projection_dim=16, **overrides)
 
@@ -90,8 +89,8 @@ def test_dual_encoder_shapes_and_logits(tester: AltaModelTester) -> None:
     text = tester.text_inputs(batch=5)
     with torch.no_grad():
         out = model(pixel_values=pixels, token_type_ids=torch.zeros_like(text["input_ids"]), **text)
-        image = model.get_image_features(pixels)
-        words = model.get_text_features(**text)
+        image = model.get_image_features(pixels).pooler_output
+        words = model.get_text_features(**text).pooler_output
     assert out.logits_per_image.shape == (3, 5)
     assert out.logits_per_text.shape == (5, 3)
     assert image.shape == (3, 16) and words.shape == (5, 16)
@@ -112,21 +111,21 @@ def test_study_input_and_view_mask(tester: AltaModelTester) -> None:
     study[1, 3] = 0
     explicit = torch.tensor([[True] * 4, [True, False, True, False]])
     with torch.no_grad():
-        by_rule = model.get_image_features(study)
-        by_mask = model.get_image_features(study, view_mask=explicit)
+        by_rule = model.get_image_features(study).pooler_output
+        by_mask = model.get_image_features(study, view_mask=explicit).pooler_output
         # a partial study (V=2) pads to four slots with missing views under "all" pooling
-        partial = model.get_image_features(study[:, :2], view_mask=explicit[:, :2])
+        partial = model.get_image_features(study[:, :2], view_mask=explicit[:, :2]).pooler_output
         padded = model.get_image_features(
             torch.cat([study[:, :2], torch.zeros_like(study[:, :2])], 1),
             view_mask=torch.cat([explicit[:, :2], torch.zeros(2, 2, dtype=torch.bool)], 1),
-        )
+        ).pooler_output
     torch.testing.assert_close(by_rule, by_mask)
     torch.testing.assert_close(partial, padded)
     # a missing view's pixels are ignored: they go through the missing-view token
     noisy = study.clone()
     noisy[1, 1] = torch.randn_like(noisy[1, 1])
     with torch.no_grad():
-        torch.testing.assert_close(model.get_image_features(noisy, view_mask=explicit), by_mask)
+        torch.testing.assert_close(model.get_image_features(noisy, view_mask=explicit).pooler_output, by_mask)
 
 
 def test_present_pooling_ignores_missing_slots(tester: AltaModelTester) -> None:
@@ -326,13 +325,21 @@ def test_gradient_checkpointing_gives_same_gradients(tester: AltaModelTester) ->
         model(**inputs, mask_noise=noise).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    calls = []
+    model.alta.text_model.encoder.layer[0].attention.register_forward_hook(lambda *_: calls.append(1))
     plain = grads()
+    assert len(calls) == 1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert model.alta.vision_model.gradient_checkpointing
+    # transformers' switch reaches every block of both towers and of the decoder (GradientCheckpointingLayer)
+    layers = [*model.alta.vision_model.layers, *model.alta.text_model.encoder.layer, *model.decoder.layers]
+    assert all(layer.gradient_checkpointing for layer in layers)
     checkpointed = grads()
+    assert len(calls) == 3  # the checkpointed layer ran again in the backward pass
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+    model.gradient_checkpointing_disable()
+    assert not any(layer.gradient_checkpointing for layer in layers)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -358,7 +365,9 @@ def test_save_and_reload_keeps_tied_mlm_decoder(tmp_path, tester: AltaModelTeste
     base = AltaModel.from_pretrained(tmp_path).eval()
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(base.get_image_features(pixels), model.alta.get_image_features(pixels))
+        torch.testing.assert_close(
+            base.get_image_features(pixels).pooler_output, model.alta.get_image_features(pixels).pooler_output
+        )
 
 
 def test_helpers() -> None:
@@ -385,7 +394,7 @@ def test_mean_text_pooling(tester: AltaModelTester) -> None:
         hidden = model.text_model(**text).last_hidden_state
         mask = text["attention_mask"][..., None].float()
         expected = model.text_projection((hidden * mask).sum(1) / mask.sum(1))
-        torch.testing.assert_close(model.get_text_features(**text), expected)
+        torch.testing.assert_close(model.get_text_features(**text).pooler_output, expected)
     with pytest.raises(ValueError, match=r"`pooling` must be 'cls' or 'mean'; got 'max'"):
         AltaConfig(text_config={"pooling": "max"})
 
@@ -441,3 +450,125 @@ def test_sincos_positions_are_bit_identical_in_another_process() -> None:
     assert torch.equal(here[1 + 14 + 2, :384], here[1 + 2, :384]) and torch.equal(
         here[1 + 14 + 2, 384:], here[1 + 14, 384:]
     )
+
+
+def test_local_loss_leaves_out_a_text_without_words() -> None:
+    """A report that is only [CLS] has no word to attend to: its pair is left out of the local term, which stays
+    finite for the batch (and equals the loss over the other pairs), gradients included."""
+    from modeling_alta.modeling_alta import alta_local_loss
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 5, 8, requires_grad=True)
+    words = torch.randn(3, 6, 8, requires_grad=True)
+    scales = [torch.tensor(4.0), torch.tensor(5.0), torch.tensor(10.0)]
+    loss = alta_local_loss(images, words, torch.tensor([4, 0, 2]), *scales, chunk_size=2)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(images.grad).all() and torch.isfinite(words.grad).all()
+    assert images.grad[1].abs().sum() == 0 and words.grad[1].abs().sum() == 0  # the empty pair takes no part
+    keep = torch.tensor([0, 2])
+    expected = alta_local_loss(images[keep], words[keep], torch.tensor([4, 2]), *scales)
+    torch.testing.assert_close(loss, expected)
+    # across processes (gathered features, this process holding pairs 1..2), the same pairs are left out
+    gathered = alta_local_loss(
+        images[1:], words[1:], torch.tensor([0, 2]), *scales, images, words, torch.tensor([4, 0, 2]), offset=1
+    )
+    assert torch.isfinite(gathered)
+    # nothing left: a zero that keeps the graph
+    none = alta_local_loss(images[1:2], words[1:2], torch.tensor([0]), *scales)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_pretraining_batch_with_an_empty_report_has_finite_losses(tester: AltaModelTester) -> None:
+    model = AltaForPreTraining(tester.get_config())
+    inputs = tester.pretraining_inputs()
+    inputs["attention_mask"][1] = 0
+    inputs["attention_mask"][1, 0] = 1  # report 1 is [CLS] alone: 0 words for the local loss
+    out = model(**inputs, mask_noise=torch.rand(2, 4, 16))
+    assert out.cap_lens.tolist()[1] == 0
+    assert torch.isfinite(out.local_loss) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_impossible_studies_and_one_channel_images_are_refused(tester: AltaModelTester) -> None:
+    model = AltaModel(tester.get_config()).eval()
+    study = torch.randn(3, 4, 3, 32, 32)
+    no_view = torch.tensor([[True, True, False, False], [False] * 4, [True] * 4])
+    with pytest.raises(
+        ValueError, match=r"Study/studies \[1\] of the batch have no view at all according to `view_mask`"
+    ):
+        model.get_image_features(study, view_mask=no_view)
+    no_frontal = torch.tensor([[True] * 4, [True] * 4, [False, True, True, False]])
+    with pytest.raises(ValueError, match=r"Study/studies \[2\] .* no current frontal view \(slot 0, 'frontal'\)"):
+        model.get_image_features(study, view_mask=no_frontal)
+    zero_frontal = study.clone()
+    zero_frontal[0, 0] = 0
+    with pytest.raises(ValueError, match=r"\[0\] .* no current frontal .* missing-view rule"):
+        model.get_image_features(zero_frontal)
+    with pytest.raises(ValueError, match=r"has 1 channel\(s\) but the model takes 3 .* replicate grayscale"):
+        model.get_image_features(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"has 1 channel\(s\)"):
+        model.get_image_features(torch.randn(2, 4, 1, 32, 32))
+    pretraining = AltaForPreTraining(tester.get_config())
+    inputs = tester.pretraining_inputs()
+    inputs["view_mask"] = torch.tensor([[False, True, True, True], [True, False, True, False]])
+    with pytest.raises(ValueError, match="no current frontal"):
+        pretraining(**inputs)
+
+
+def test_eager_attention_returns_weights_and_matches_sdpa(tester: AltaModelTester, tmp_path) -> None:
+    config = tester.get_config()
+    AltaModel(config).save_pretrained(tmp_path)
+    sdpa = AltaModel.from_pretrained(tmp_path).eval()
+    eager = AltaModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert sdpa.config.vision_config._attn_implementation == "sdpa"
+    assert eager.config.text_config._attn_implementation == "eager"
+    pixels = torch.randn(2, 4, 3, 32, 32)
+    text = tester.text_inputs()
+    with torch.no_grad():
+        a = eager(pixel_values=pixels, output_attentions=True, output_hidden_states=True, **text)
+        b = sdpa(pixel_values=pixels, **text)
+    torch.testing.assert_close(a.logits_per_image, b.logits_per_image, atol=1e-5, rtol=1e-5)
+    vision_attn, text_attn = a.vision_model_output.attentions, a.text_model_output.attentions
+    assert len(vision_attn) == 2 and vision_attn[0].shape == (2 * 4, 4, 17, 17)  # frames x heads x tokens x tokens
+    assert len(text_attn) == 2 and text_attn[0].shape == (2, 4, 16, 16)
+    torch.testing.assert_close(vision_attn[0].sum(-1), torch.ones(8, 4, 17))
+    assert text_attn[0][0, :, :, 8:].abs().max() == 0  # padding of text 0 gets no attention
+    assert len(a.vision_model_output.hidden_states) == 3 and b.vision_model_output.hidden_states is None
+    # the kernel is read at each call: switching takes effect at once, towers included
+    sdpa.set_attn_implementation("eager")
+    assert sdpa.config.vision_config._attn_implementation == "eager"
+    with torch.no_grad():
+        switched = sdpa.get_text_features(**text, output_attentions=True)
+    assert switched.attentions[0].shape == (2, 4, 16, 16)
+    sdpa.set_attn_implementation({"vision_config": "sdpa"})
+    assert sdpa.config.vision_config._attn_implementation == "sdpa"
+    assert sdpa.config.text_config._attn_implementation == "eager"
+
+
+def test_output_switches_follow_the_config(tester: AltaModelTester) -> None:
+    config = tester.get_config()
+    config.output_hidden_states = True
+    config.return_dict = False
+    model = AltaModel(config).eval()
+    text = tester.text_inputs()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(2, 3, 32, 32), **text)
+        features = model.get_text_features(**text)
+        as_dict = model.get_text_features(**text, return_dict=True)
+    assert isinstance(out, tuple) and isinstance(features, tuple)
+    assert len(as_dict.hidden_states) == 3
+    torch.testing.assert_close(features[1], as_dict.pooler_output)
+
+
+def test_legacy_text_max_length_is_read_and_dropped(tmp_path) -> None:
+    """Configs saved before the text length moved to the processor still load; nothing saves it any more."""
+    from modeling_alta import AltaTextConfig
+
+    config = AltaConfig(text_config={"max_length": 80, "hidden_size": 64, "num_attention_heads": 4})
+    assert not hasattr(config.text_config, "max_length")
+    config.text_config.save_pretrained(tmp_path / "text")  # transformers 5 refuses generation keys in configs
+    saved = (tmp_path / "text" / "config.json").read_text()
+    assert "max_length" not in saved
+    assert AltaTextConfig.from_pretrained(tmp_path / "text").hidden_size == 64

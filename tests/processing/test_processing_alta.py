@@ -204,3 +204,16 @@ def test_zero_shot_pipeline_uses_the_saved_processor_parts(processor, tmp_path, 
     """
     output = run_isolated(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert output.strip().endswith("OK"), output
+
+
+def test_report_length_belongs_to_the_processor(processor, tmp_path):
+    """The text length lives in the processor (saved in processor_config.json), not in the model config."""
+    short = AltaProcessor(processor.image_processor, processor.tokenizer, max_length=32)
+    assert len(short(text=["Lungs clear."])["input_ids"][0]) == 32
+    assert len(short(text=["Lungs clear."], max_length=12)["input_ids"][0]) == 12  # a call still overrides it
+    assert len(processor(text=["Lungs clear."])["input_ids"][0]) == 128  # the reference's length by default
+    short.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["max_length"] == 32
+    assert AltaProcessor.from_pretrained(tmp_path).max_length == 32
+    with pytest.raises(ValueError, match=r"`max_length` must hold at least \[CLS\] and \[SEP\]"):
+        AltaProcessor(processor.image_processor, processor.tokenizer, max_length=1)

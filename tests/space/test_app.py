@@ -43,7 +43,7 @@ def _file(path: Path | None):
 
 def _classifier(demo: AltaDemo, prompts) -> ZeroShotClassifier:
     return ZeroShotClassifier(
-        demo.model, demo.processor, prompts, clean_text=False, max_length=default_text_length(demo.model)
+        demo.model, demo.processor, prompts, clean_text=False, max_length=default_text_length(demo.processor)
     )
 
 

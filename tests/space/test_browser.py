@@ -122,7 +122,11 @@ def test_each_tab_in_a_real_browser(running_app, gallery_images, browser, screen
     browser.find_element("id", "classify-button").click()
     _wait(browser, lambda d: "Top class" in _text(d, "classify-summary"), "the classification")
     direct = ZeroShotClassifier(
-        demo.model, demo.processor, demo_class_prompts(), clean_text=False, max_length=default_text_length(demo.model)
+        demo.model,
+        demo.processor,
+        demo_class_prompts(),
+        clean_text=False,
+        max_length=default_text_length(demo.processor),
     ).predict([gallery_images["frontal"]])
     assert f"Top class: {direct.labels[0]}" in _text(browser, "classify-summary")
     rendered = {row[0]: (float(row[1]), float(row[2])) for row in _rows(browser, "scores")}

@@ -34,15 +34,15 @@ def batch() -> dict[str, torch.Tensor]:
 
 def features(model) -> torch.Tensor:
     x = batch()
-    image = model.alta.get_image_features(x["pixel_values"])
-    text = model.alta.get_text_features(x["input_ids"], attention_mask=torch.ones_like(x["input_ids"]))
+    image = model.alta.get_image_features(x["pixel_values"]).pooler_output
+    text = model.alta.get_text_features(x["input_ids"], attention_mask=torch.ones_like(x["input_ids"])).pooler_output
     return torch.cat([image, text], dim=-1)
 
 
 def contrastive_step(model, optimizer) -> None:
     x = batch()
-    image = F.normalize(model.alta.get_image_features(x["pixel_values"]), dim=-1)
-    text = F.normalize(model.alta.get_text_features(x["input_ids"]), dim=-1)
+    image = F.normalize(model.alta.get_image_features(x["pixel_values"]).pooler_output, dim=-1)
+    text = F.normalize(model.alta.get_text_features(x["input_ids"]).pooler_output, dim=-1)
     logits = 14.3 * image @ text.T
     labels = torch.arange(len(logits))
     loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
