@@ -51,7 +51,11 @@ def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest
 
 @pytest.mark.parametrize(
     ("script", "marker"),
-    [("bench_preprocess.py", "images/s"), ("bench_align.py", "| 2 processes (gloo) |")],
+    [
+        ("bench_preprocess.py", "images/s"),
+        ("bench_align.py", "| 2 processes (gloo) |"),
+        ("bench_checkpoint_faults.py", "| `verify_checkpoint`"),
+    ],
 )
 def test_quick_run_of_data_and_training_benchmarks(script: str, marker: str, real_cxr_dir: Path) -> None:
     command = [sys.executable, str(BENCHMARKS / script), "--quick"]
