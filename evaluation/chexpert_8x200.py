@@ -4,17 +4,33 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.embedding import embed_images, embed_texts
-
-from .readers import is_positive, read_csv, require_columns, resolve_image
+from .readers import (
+    input_columns,
+    is_positive,
+    read_csv,
+    read_csv_rows,
+    refuse_duplicates,
+    require_columns,
+    resolve_image,
+)
 from .registry import InputFile, Protocol
-from .results import Figures, finish_task, model_name, precision_at_k_metric, prepare, usable_ks
+from .results import (
+    Figures,
+    embed_readable_images,
+    embed_texts_with_progress,
+    finish_task,
+    model_name,
+    precision_at_k_metric,
+    prepare,
+    select,
+    skip_report,
+    usable_ks,
+)
 
 
 # CheXpert label-column indices of the 8x200 classes (the reference scripts' `dic`).
@@ -32,24 +48,22 @@ CHEXPERT_8X200_QUERY_LENGTH = 20  # queries, padded, not truncated, no cleanup (
 
 
 def read_chexpert_8x200_candidates(
-    csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None
-) -> tuple[list[Path], list[int]]:
+    csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None, allow_absolute_paths: bool = False
+) -> tuple[list[Path], list[int], list[str]]:
     """Read ConVIRT's 8x200 `candidate.csv`: the image path in column 0, CheXpert label columns from column 5 on.
 
     Returns:
-        `(image paths, labels)`, a label being the position of the row's single positive among the label columns
-        (No Finding 0, Cardiomegaly 2, ..., Fracture 12), as the reference computes it.
+        `(image paths, labels, row descriptions)`, a label being the position of the row's single positive among
+        the label columns (No Finding 0, Cardiomegaly 2, ..., Fracture 12), as the reference computes it. Paths must
+        stay inside `data_root`; an image listed twice is refused.
     """
-    if not Path(csv_path).is_file():
-        raise FileNotFoundError(f"csv file not found: {csv_path}")
-    with Path(csv_path).open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if len(rows) < 2:
+    header, body = read_csv_rows(csv_path)
+    body = [row for row in body if row]
+    if not body:
         raise ValueError(f"{csv_path}: no candidate rows")
-    header, body = rows[0], rows[1:]
     if len(header) < 6:
         raise ValueError(f"{csv_path}: expected the path in column 0 and label columns from column 5; got {header}")
-    paths, labels = [], []
+    paths, labels, wheres = [], [], []
     for i, row in enumerate(body):
         where = f"{csv_path} data row {i + 1}"
         positive = [j for j, value in enumerate(row[5:]) if is_positive(value, f"{where} column {header[5 + j]!r}")]
@@ -57,25 +71,32 @@ def read_chexpert_8x200_candidates(
             raise ValueError(
                 f"{where}: a candidate needs exactly one positive label column; got {[header[5 + j] for j in positive]}"
             )
-        paths.append(resolve_image(data_root, row[0], where))
+        paths.append(resolve_image(data_root, row[0], where, allow_absolute_paths))
         labels.append(positive[0])
-    return paths, labels
+        wheres.append(where)
+    refuse_duplicates([str(p) for p in paths], wheres, "candidate image")
+    return paths, labels, wheres
 
 
 def read_chexpert_8x200_queries(
-    csv_path: str | os.PathLike, kind: str, data_root: str | os.PathLike | None = None
-) -> tuple[list[Any], list[int]]:
-    """Read ConVIRT's 8x200 `query.csv`: `Text` (kind `"text"`) or `Path` (kind `"image"`) and `Variable` (the class).
+    csv_path: str | os.PathLike,
+    kind: str,
+    data_root: str | os.PathLike | None = None,
+    allow_absolute_paths: bool = False,
+) -> tuple[list[Any], list[int], list[str]]:
+    """Read ConVIRT's 8x200 `query.csv`: `Text` (kind `"text"`) or `Path` (kind `"image"`) and `Variable` (the class);
+    the columns are those the registry declares for the task.
 
     Returns:
-        `(texts or image paths, CheXpert label indices of CHEXPERT_8X200_LABELS)`.
+        `(texts or image paths, CheXpert label indices of CHEXPERT_8X200_LABELS, row descriptions)`.
     """
-    column = {"text": "Text", "image": "Path"}.get(kind)
-    if column is None:
+    task = {"text": "chexpert8x200-t2i", "image": "chexpert8x200-i2i"}.get(kind)
+    if task is None:
         raise ValueError(f"`kind` must be 'text' or 'image'; got {kind!r}")
+    column = "Text" if kind == "text" else "Path"
     columns, rows = read_csv(csv_path)
-    require_columns(csv_path, columns, [column, "Variable"])
-    items, labels = [], []
+    require_columns(csv_path, columns, input_columns(task, "--query-csv"))
+    items, labels, wheres = [], [], []
     for i, row in enumerate(rows):
         where = f"{csv_path} data row {i + 1}"
         variable = (row["Variable"] or "").strip()
@@ -86,11 +107,14 @@ def read_chexpert_8x200_queries(
                 raise ValueError(f"{where}: empty query Text")
             items.append(row[column])
         else:
-            items.append(resolve_image(data_root, row[column], where))
+            items.append(resolve_image(data_root, row[column], where, allow_absolute_paths))
         labels.append(CHEXPERT_8X200_LABELS[variable])
+        wheres.append(where)
     if not rows:
         raise ValueError(f"{csv_path}: no query rows")
-    return items, labels
+    if kind == "image":
+        refuse_duplicates([str(p) for p in items], wheres, "query image")
+    return items, labels, wheres
 
 
 def _names_8x200() -> dict[int, str]:
@@ -108,12 +132,13 @@ def evaluate_chexpert_8x200_text_to_image(
     ks: Sequence[int] = (5, 10, 50),
     plots: bool = True,
     save_embeddings: bool = False,
+    allow_absolute_paths: bool = False,
 ) -> dict[str, Any]:
     """CheXpert 8x200 text-to-image: `Text` queries (20 tokens, raw, not truncated) against the candidate images;
-    relevant = same CheXpert label; P@5/10/50."""
+    relevant = same CheXpert label; P@5/10/50. Unreadable candidates are skipped, counted and listed."""
     return _evaluate_8x200(
         "text", model, query_csv, candidate_csv, data_root, output_dir, processor, batch_size, ks, plots,
-        save_embeddings,
+        save_embeddings, allow_absolute_paths,
     )  # fmt: skip
 
 
@@ -128,11 +153,13 @@ def evaluate_chexpert_8x200_image_to_image(
     ks: Sequence[int] = (5, 10, 50),
     plots: bool = True,
     save_embeddings: bool = False,
+    allow_absolute_paths: bool = False,
 ) -> dict[str, Any]:
-    """CheXpert 8x200 image-to-image: query images (`Path`, `Variable`) against the candidate images; P@5/10/50."""
+    """CheXpert 8x200 image-to-image: query images (`Path`, `Variable`) against the candidate images; P@5/10/50.
+    Unreadable queries and candidates are skipped, counted and listed."""
     return _evaluate_8x200(
         "image", model, query_csv, candidate_csv, data_root, output_dir, processor, batch_size, ks, plots,
-        save_embeddings,
+        save_embeddings, allow_absolute_paths,
     )  # fmt: skip
 
 
@@ -148,41 +175,57 @@ def _evaluate_8x200(
     ks: Sequence[int],
     plots: bool,
     save_embeddings: bool,
+    allow_absolute_paths: bool,
 ) -> dict[str, Any]:
-    """Both 8x200 tasks: queries of `kind` ("text" or "image") against the candidate images; P@K, the retrieval
-    sheet, the optional embeddings file and the results JSON."""
+    """Both 8x200 tasks: queries of `kind` ("text" or "image") against the candidate images; P@K over the readable
+    images, the retrieval sheet, the optional embeddings file and the results JSON."""
     task = {"text": "chexpert8x200-t2i", "image": "chexpert8x200-i2i"}[kind]
+    queries, query_labels, query_wheres = read_chexpert_8x200_queries(query_csv, kind, data_root, allow_absolute_paths)
+    paths, labels, wheres = read_chexpert_8x200_candidates(candidate_csv, data_root, allow_absolute_paths)
     model, processor, out = prepare(model, processor, output_dir)
-    queries, query_labels = read_chexpert_8x200_queries(query_csv, kind, data_root)
-    paths, labels = read_chexpert_8x200_candidates(candidate_csv, data_root)
-    ks = usable_ks(ks, len(paths), task)
+    source = f"--data-root {data_root}"
+    query_skipped: list[dict[str, str]] = []
     if kind == "text":
-        query_embeds = embed_texts(
-            model, processor, queries, batch_size, max_length=CHEXPERT_8X200_QUERY_LENGTH, truncation=False
-        )
+        query_embeds = embed_texts_with_progress(
+            model, processor, queries, batch_size, desc="8x200 queries", max_length=CHEXPERT_8X200_QUERY_LENGTH,
+            truncation=False,
+        )  # fmt: skip
     else:
-        query_embeds = embed_images(model, processor, queries, batch_size)
-    image_embeds = embed_images(model, processor, paths, batch_size)
+        query_embeds, query_kept, query_skipped = embed_readable_images(
+            model, processor, queries, query_wheres, batch_size, desc="8x200 query images", source=source
+        )
+        queries, query_labels = select(queries, query_kept), select(query_labels, query_kept)
+    image_embeds, kept, skipped = embed_readable_images(
+        model, processor, paths, wheres, batch_size, desc="8x200 candidates", source=source
+    )
+    paths, labels = select(paths, kept), select(labels, kept)
+    ks = usable_ks(ks, len(paths), task)
     metrics, top = precision_at_k_metric(query_embeds, image_embeds, query_labels, labels, ks)
+    result = {"task": task, **metrics, "num_queries": len(queries), "num_candidates": len(paths)}
+    result.update(skip_report(query_skipped, skipped))
+    result["model"] = model_name(model)
     figures = Figures(out, task, plots)
     title = f"CheXpert 8x200 {kind}-to-image"
-    figures.retrieval(processor, queries, paths, query_labels, labels, top, _names_8x200(), title)
-    result = {"task": task, **metrics, "num_queries": len(queries), "num_candidates": len(paths)}
-    result["model"] = model_name(model)
+
+    def draw() -> None:
+        figures.retrieval(processor, queries, paths, query_labels, labels, top, _names_8x200(), title)
+
     embeddings = {"query_embeds": query_embeds, "candidate_embeds": image_embeds} if save_embeddings else None
-    return finish_task(result, out, task, figures, embeddings)
+    return finish_task(result, out, task, figures, embeddings, draw)
 
 
 def _run_text_to_image(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
     return evaluate_chexpert_8x200_text_to_image(
-        model, args.query_csv, args.candidate_csv, args.data_root, save_embeddings=args.save_embeddings, **common
-    )
+        model, args.query_csv, args.candidate_csv, args.data_root, save_embeddings=args.save_embeddings,
+        allow_absolute_paths=args.allow_absolute_paths, **common,
+    )  # fmt: skip
 
 
 def _run_image_to_image(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
     return evaluate_chexpert_8x200_image_to_image(
-        model, args.query_csv, args.candidate_csv, args.data_root, save_embeddings=args.save_embeddings, **common
-    )
+        model, args.query_csv, args.candidate_csv, args.data_root, save_embeddings=args.save_embeddings,
+        allow_absolute_paths=args.allow_absolute_paths, **common,
+    )  # fmt: skip
 
 
 _CANDIDATES = InputFile(

@@ -4,7 +4,9 @@ Every task is declared once in its benchmark module (see `evaluation/registry.py
 them and `alta-evaluate TASK --help` gives each task's input files, their required columns and its metrics.
 
 Image paths in the input files are joined to `--data-root` (the reference joins them to its `chexpert_root`/RSNA
-root; absolute paths stay as they are). Every protocol follows alta_reference.md §8: one frontal per image through
+root) and must stay inside it; absolute paths are refused unless `--allow-absolute-paths`. An image that cannot be
+read is skipped, counted and listed in the results (`num_skipped`, `skipped_images`, each with its file and row);
+the results JSON is written as soon as the numbers exist, before the figures. Progress bars show the time left. Every protocol follows alta_reference.md §8: one frontal per image through
 the single-frontal path, cosine similarity, class embedding = normalised mean of the unnormalised prompt embeddings,
 and the reference's tokenisation per task (CheXpert prompts and 5x200 reports through `process_text`, 128 and 256
 tokens; RSNA prompts 10 tokens and 8x200 queries 20 tokens, raw; retrieval texts never truncated). Metrics go
@@ -40,6 +42,12 @@ def _add_common_arguments(parser: argparse.ArgumentParser, protocol: Protocol) -
         parser.add_argument(item.flag, required=item.required, default=None, help=item.description)
     if protocol.data_root_help is not None:
         parser.add_argument("--data-root", default=".", help=protocol.data_root_help)
+        parser.add_argument(
+            "--allow-absolute-paths",
+            action="store_true",
+            help="accept absolute image paths in the input files (by default every path must be relative and stay "
+            "inside --data-root)",
+        )
     parser.add_argument("--output-dir", default=None, help="results folder (default outputs/eval/<task>)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -7,11 +7,23 @@ import argparse
 import os
 from typing import Any
 
-from inference.embedding import default_text_length, embed_images, embed_texts
+from inference.embedding import default_text_length
 from modeling_alta.configuration_alta import STUDY_SLOTS
 
+from .readers import input_columns
 from .registry import InputFile, Protocol
-from .results import Figures, finish_task, model_name, precision_at_k_metric, prepare, zero_shot_accuracy_metric
+from .results import (
+    Figures,
+    embed_readable_images,
+    embed_texts_with_progress,
+    finish_task,
+    model_name,
+    precision_at_k_metric,
+    prepare,
+    select,
+    skip_report,
+    zero_shot_accuracy_metric,
+)
 
 
 def _demo_split(dataset_split: Any, split: str = "test") -> Any:
@@ -27,7 +39,7 @@ def _demo_split(dataset_split: Any, split: str = "test") -> Any:
     columns = getattr(dataset_split, "column_names", None)
     if columns is None:
         raise TypeError(f"expected a datasets.Dataset (or a save_to_disk folder); got {type(dataset_split).__name__}")
-    missing = [c for c in ("frontal", "report", "label") if c not in columns]
+    missing = [c for c in input_columns("demo", "--dataset") if c not in columns]
     if missing:
         raise ValueError(f"the demo split lacks column(s) {missing}; it has {columns}")
     return dataset_split
@@ -87,21 +99,20 @@ def evaluate_demo(
     if unknown:
         raise ValueError(f"demo split labels {unknown} are not among the prompt classes {names}")
     labels = [names.index(label) for label in columns["label"]]
-    image_embeds = embed_images(model, processor, inputs, batch_size)
-    text_embeds = embed_texts(model, processor, columns["report"], batch_size)
+    wheres = [f"demo split row {i}" for i in range(n)]
+    image_embeds, kept, skipped = embed_readable_images(
+        model, processor, inputs, wheres, batch_size, desc="demo studies"
+    )
+    if len(kept) < n:  # scored on the readable studies only, reports included
+        labels = select(labels, kept)
+        columns = {c: select(values, kept) for c, values in columns.items()}
+        n = len(kept)
+    text_embeds = embed_texts_with_progress(model, processor, columns["report"], batch_size, desc="demo reports")
     pred = clf.scores_from_embeddings(image_embeds)
     zero_shot = zero_shot_accuracy_metric(pred.predictions.tolist(), labels, names)
     k = min(5, n)
     i2t, top_i2t = precision_at_k_metric(image_embeds, text_embeds, labels, labels, [k])
     t2i, _ = precision_at_k_metric(text_embeds, image_embeds, labels, labels, [k])
-    figures = Figures(out, task, plots)
-    figures.confusion(pred.predictions, labels, names)
-    figures.retrieval(
-        processor, columns["frontal"], columns["report"], labels, labels, top_i2t, dict(enumerate(names)),
-        "Demo image-to-report retrieval (frontal shown)",
-    )  # fmt: skip
-    finding = next((i for i, y in enumerate(columns["label"]) if y != "No Finding"), 0)
-    figures.heatmap(model, processor, columns["frontal"][finding], columns["label"][finding].lower())
     result = {
         "task": task,
         "zero_shot_accuracy": zero_shot["accuracy"],
@@ -110,11 +121,23 @@ def evaluate_demo(
         "t2i_p@5": t2i[f"p@{k}"],
         "chance_accuracy": 1.0 / len(names),
         "num_studies": n,
+        **skip_report(skipped),
         "class_names": names,
         "frontal_only": frontal_only,
         "model": model_name(model),
     }
-    return finish_task(result, out, task, figures)
+    figures = Figures(out, task, plots)
+    finding = next((i for i, y in enumerate(columns["label"]) if y != "No Finding"), 0)
+
+    def draw() -> None:
+        figures.confusion(pred.predictions, labels, names)
+        figures.retrieval(
+            processor, columns["frontal"], columns["report"], labels, labels, top_i2t, dict(enumerate(names)),
+            "Demo image-to-report retrieval (frontal shown)",
+        )  # fmt: skip
+        figures.heatmap(model, processor, columns["frontal"][finding], columns["label"][finding].lower())
+
+    return finish_task(result, out, task, figures, draw=draw)
 
 
 def _run(model: Any, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +165,9 @@ PROTOCOLS = (
         inputs=(
             InputFile(
                 "--dataset",
-                "save_to_disk folder of the demo data (default: generate it)",
-                (*STUDY_SLOTS, "report", "label"),
+                "save_to_disk folder of the demo data (default: generate it); `lateral`, `prior_frontal`, "
+                "`prior_lateral` columns are used when present",
+                ("frontal", "report", "label"),
                 required=False,
             ),
         ),

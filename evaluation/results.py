@@ -1,11 +1,14 @@
-"""What every benchmark writes: metrics through the local `evaluate` modules, figures, the results JSON."""
+"""What every benchmark shares: embedding with unreadable images skipped and counted, progress bars, metrics through
+the local `evaluate` modules, figures (a failing figure never loses the numbers), the results JSON (written
+atomically, first as soon as the metrics exist, again with the figures)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,117 @@ import numpy as np
 import torch
 
 from evaluation.metrics import load_metric
-from inference.embedding import load_model_and_processor
+from inference.embedding import embed_images, embed_texts, load_model_and_processor, pixel_inputs
 from inference.heatmaps import model_view, word_patch_similarity
 from inference.search import exact_topk
+from processing.atomic import atomic_write_text
 
 
 logger = logging.getLogger(__name__)
+
+#: Skipped images listed one by one in the results JSON (all are counted).
+MAX_LISTED_SKIPS = 100
+
+
+def embed_readable_images(
+    model: Any,
+    processor: Any,
+    items: Sequence[Any],
+    wheres: Sequence[str],
+    batch_size: int = 32,
+    dicom_rule: str | None = None,
+    desc: str = "images",
+    source: str = "",
+) -> tuple[torch.Tensor, list[int], list[dict[str, str]]]:
+    """Embed images (single-frontal path) batch by batch with a progress bar, leaving out those that cannot be read.
+
+    A batch that fails is retried image by image, so one bad file costs its own place only; each skipped image is
+    recorded with where it was listed (file and row), its path and the error. Errors that are not about reading an
+    image (the model itself failing) still raise.
+
+    Args:
+        items: N image paths (or images); `wheres`: N descriptions such as `"test.csv data row 80"`.
+        desc: the progress bar's label; `source` is named when no image at all can be read (e.g. the data root).
+
+    Returns:
+        `(embeddings [K, P] of the readable images in order, their indices in items, skipped entries)`.
+
+    Raises:
+        ValueError: none of the images can be read (the message shows the first failures).
+    """
+    from tqdm.auto import tqdm
+
+    if len(items) != len(wheres):
+        raise ValueError(f"got {len(items)} images but {len(wheres)} row descriptions")
+    chunks: list[torch.Tensor] = []
+    kept: list[int] = []
+    skipped: list[dict[str, str]] = []
+    with tqdm(total=len(items), desc=desc, unit="image") as bar:
+        for start in range(0, len(items), batch_size):
+            batch = list(items[start : start + batch_size])
+            try:
+                chunks.append(embed_images(model, processor, batch, batch_size, dicom_rule=dicom_rule))
+                kept.extend(range(start, start + len(batch)))
+            except (ValueError, OSError):
+                readable = []
+                for offset, item in enumerate(batch):
+                    try:
+                        pixel_inputs(processor, [item], dicom_rule)
+                    except (ValueError, OSError) as err:
+                        entry = {
+                            "where": wheres[start + offset],
+                            "file": str(item),
+                            "error": f"{type(err).__name__}: {err}",
+                        }
+                        skipped.append(entry)
+                        if len(skipped) <= 10:
+                            logger.warning(
+                                "skipping unreadable image: %s: %s: %s", entry["where"], entry["file"], entry["error"]
+                            )
+                    else:
+                        readable.append(start + offset)
+                if readable:
+                    chunks.append(
+                        embed_images(model, processor, [items[i] for i in readable], batch_size, dicom_rule=dicom_rule)
+                    )
+                    kept.extend(readable)
+            bar.update(len(batch))
+    if skipped:
+        logger.warning(
+            "%s: skipped %d of %d images that could not be read (listed in the results)",
+            desc,
+            len(skipped),
+            len(items),
+        )
+    if not kept:
+        shown = "; ".join(f"{e['where']}: {e['file']}: {e['error']}" for e in skipped[:3])
+        raise ValueError(f"no readable image among the {len(items)} {desc}{f' ({source})' if source else ''}: {shown}")
+    return torch.cat(chunks), kept, skipped
+
+
+def embed_texts_with_progress(
+    model: Any, processor: Any, texts: Sequence[str], batch_size: int = 64, desc: str = "texts", **kwargs: Any
+) -> torch.Tensor:
+    """`embed_texts` batch by batch with a progress bar (the same batches, so the same numbers)."""
+    from tqdm.auto import tqdm
+
+    chunks = []
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=len(texts) <= batch_size) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            chunks.append(embed_texts(model, processor, batch, batch_size, **kwargs))
+            bar.update(len(batch))
+    return torch.cat(chunks)
+
+
+def skip_report(*groups: list[dict[str, str]]) -> dict[str, Any]:
+    """The results-JSON entries for skipped images: their count and the first `MAX_LISTED_SKIPS`."""
+    skipped = [entry for group in groups for entry in group]
+    return {"num_skipped": len(skipped), "skipped_images": skipped[:MAX_LISTED_SKIPS]}
+
+
+def select(values: Sequence[Any], indices: Sequence[int]) -> list[Any]:
+    return [values[i] for i in indices]
 
 
 def usable_ks(ks: Sequence[int], gallery_size: int, task: str) -> list[int]:
@@ -85,6 +193,7 @@ class Figures:
 
     def __init__(self, output_dir: Path | None, prefix: str, enabled: bool = True) -> None:
         self.output_dir, self.prefix, self.written = output_dir, prefix, {}
+        self.errors: dict[str, str] = {}
         self.enabled = enabled and output_dir is not None
         if self.enabled:
             try:
@@ -96,9 +205,22 @@ class Figures:
     def path(self, name: str) -> Path:
         return self.output_dir / f"{self.prefix}_{name}.png"
 
+    @contextlib.contextmanager
+    def _guard(self, name: str) -> Iterator[None]:
+        """A figure that fails is reported (log and results), never the end of an evaluation."""
+        try:
+            yield
+        except Exception as err:
+            self.errors[name] = f"{type(err).__name__}: {err}"
+            logger.warning("%s: the %s figure failed: %s", self.prefix, name, self.errors[name])
+
     def confusion(self, predictions, references, class_names) -> None:
         if not self.enabled:
             return
+        with self._guard("confusion_matrix"):
+            self._confusion(predictions, references, class_names)
+
+    def _confusion(self, predictions, references, class_names) -> None:
         from evaluation.plots import plot_confusion_matrix
         from evaluation.protocols import confusion_matrix
 
@@ -110,6 +232,10 @@ class Figures:
     def retrieval(self, processor, queries, gallery, query_labels, gallery_labels, top, names, title, rows=5, hits=5):
         if not self.enabled:
             return
+        with self._guard("retrieval"):
+            self._retrieval(processor, queries, gallery, query_labels, gallery_labels, top, names, title, rows, hits)
+
+    def _retrieval(self, processor, queries, gallery, query_labels, gallery_labels, top, names, title, rows, hits):
         from evaluation.plots import plot_retrieval_examples
 
         chosen = _example_rows(query_labels, rows)
@@ -131,6 +257,10 @@ class Figures:
     def heatmap(self, model, processor, image, phrase: str, dicom_rule: str | None = None) -> None:
         if not self.enabled:
             return
+        with self._guard("heatmap"):
+            self._heatmap(model, processor, image, phrase, dicom_rule)
+
+    def _heatmap(self, model, processor, image, phrase: str, dicom_rule: str | None = None) -> None:
         from evaluation.plots import plot_similarity_heatmap
 
         sim = word_patch_similarity(model, processor, image, phrase, dicom_rule=dicom_rule)
@@ -148,27 +278,37 @@ def write_embeddings(output_dir: Path | None, task: str, tensors: dict[str, torc
     return str(path)
 
 
+def write_results(result: dict[str, Any], output_dir: Path | None, task: str) -> dict[str, Any]:
+    """Write `<task>_results.json` atomically (a crash never leaves a truncated file); call it as soon as the
+    metrics exist and again once the figures are drawn."""
+    if output_dir is not None:
+        path = output_dir / f"{task}_results.json"
+        result["results_file"] = str(path)
+        atomic_write_text(path, json.dumps(result, indent=2, default=str))
+    return result
+
+
 def finish_task(
     result: dict[str, Any],
     output_dir: Path | None,
     task: str,
     figures: Figures,
     embeddings: dict[str, torch.Tensor] | None = None,
+    draw: Any = None,
 ) -> dict[str, Any]:
-    """The end of every task: the embeddings file (when `embeddings` is given), the figures' paths, and the results
-    JSON; returns `result` with `embeddings_file`, `figures` and `results_file` added."""
+    """The end of every task: the embeddings file (when `embeddings` is given), the results JSON, then the figures
+    (`draw()`), then the results JSON again with the figures' paths (and `figure_errors` if one failed). Numbers that
+    took an hour to compute are on disk before any figure is drawn. Returns `result` with `embeddings_file`,
+    `figures` and `results_file` added."""
     if embeddings is not None:
         result["embeddings_file"] = write_embeddings(output_dir, task, embeddings)
+    write_results(result, output_dir, task)
+    if draw is not None:
+        draw()
     result["figures"] = figures.written
+    if figures.errors:
+        result["figure_errors"] = figures.errors
     return write_results(result, output_dir, task)
-
-
-def write_results(result: dict[str, Any], output_dir: Path | None, task: str) -> dict[str, Any]:
-    if output_dir is not None:
-        path = output_dir / f"{task}_results.json"
-        path.write_text(json.dumps(result, indent=2, default=str))
-        result["results_file"] = str(path)
-    return result
 
 
 def prepare(model: Any, processor: Any, output_dir: str | os.PathLike | None) -> tuple[Any, Any, Path | None]:
@@ -184,6 +324,11 @@ def model_name(model: Any) -> str:
 
 
 __all__ = [
+    "MAX_LISTED_SKIPS",
+    "embed_readable_images",
+    "embed_texts_with_progress",
+    "select",
+    "skip_report",
     "Figures",
     "finish_task",
     "model_name",

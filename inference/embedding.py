@@ -67,12 +67,22 @@ def load_model_and_processor(
     if isinstance(model, str) and _is_hub_id(model):
         from transformers import AutoModel, AutoProcessor
 
-        loaded = AutoModel.from_pretrained(model, trust_remote_code=True)
+        from modeling_alta.configuration_alta import not_found_anywhere
+
+        try:
+            loaded = AutoModel.from_pretrained(model, trust_remote_code=True)
+        except OSError as err:  # a mistyped folder name that also looks like a Hub id: say both were tried
+            explained = not_found_anywhere(model, "model", err)
+            if explained is err:
+                raise
+            raise explained from err
         if processor is None:
             processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
         return load_model_and_processor(loaded, processor, device)
     if isinstance(model, str | os.PathLike):
         folder = Path(model)
+        if not folder.exists():
+            raise FileNotFoundError(f"model folder {str(model)!r} does not exist ({folder.absolute()})")
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a model folder: config.json is missing")
         from modeling_alta import AltaModel

@@ -3,10 +3,14 @@
 `ZeroShotClassifier` embeds every prompt of every class **once**, reduces each class to
 `normalize(mean of its unnormalised prompt embeddings)` (the reference's rule, alta_reference.md §8), and then scores
 any number of image batches against those class embeddings by cosine. The reference recomputes the text features
-for every image batch (same result, wasted time); here they are computed lazily on first use and kept. With
-`cache_dir` they are also saved to a file named by a hash of the model's text-side weights, the tokenizer
-vocabulary, the tokenisation settings and the prompts, so a second run with the same model and prompts loads them
-instead of running the text tower; any change to one of these gives a new file.
+for every image batch (same result, wasted time); here they are computed lazily on first use and kept while the
+text side of the model stays as it is: loading or switching an adapter, `disable_alta_adapters()`, training steps or
+a dtype change make them recomputed. With `cache_dir` they are also saved to a file named by a key over everything
+that changes the text embedding: the text tower and projection values as used now (the active adapter's included),
+the adapter on/off state and module modes, the model config, the tokenizer (vocabulary and settings), the
+tokenisation settings and the prompts. The full key is stored in the file and checked on load (a file whose key,
+classes or shape do not match is recomputed and replaced, with a warning); files are written atomically under
+unique temporary names, so concurrent writers never fail and readers never see half a file.
 
 Presets: `"chexpert5x200"` (the reference's 489-prompt grid, `process_text` cleanup, 128 tokens), `"demo"` (the
 built-in demo classes), `"rsna"` (the RSNA pair; use `clean_text=False, max_length=10` as the reference does).
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,22 @@ from modeling_alta.modeling_alta import unwrap_alta_model
 
 from .arrays import ArrayLike, as_1d_array, as_float_tensor, check_same_length, l2_normalize
 from .embedding import embed_images, embed_texts
+
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2  # bump when the key's contents change, so old files are never taken for new ones
+# Module attributes that switch adapters (ALTA's `enabled`, PEFT's layer flags) without touching any weight.
+_MODE_ATTRIBUTES = ("enabled", "disable_adapters", "_disable_adapters", "merged_adapters", "active_adapter")
+
+
+def _module_modes(module: Any) -> tuple:
+    modes = [("training", bool(module.training))]
+    for name in _MODE_ATTRIBUTES:
+        value = getattr(module, name, None)
+        if isinstance(value, (bool, str, int, list, tuple)):
+            modes.append((name, repr(value)))
+    return tuple(modes)
 
 
 def prompt_preset(name: str) -> dict[str, list[str]]:
@@ -199,30 +221,60 @@ class ZeroShotClassifier:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.text_batch_size = text_batch_size
         self._class_embeddings: torch.Tensor | None = None
+        self._token: tuple | None = None
 
     # -- class embeddings -------------------------------------------------------------------------------------
 
-    def cache_key(self) -> str:
-        """sha256 over the text-side weights, the tokenizer vocabulary, the tokenisation settings and the prompts."""
-        digest = hashlib.sha256()
-        state = self.model.state_dict()
-        for name in sorted(state):
-            if name.startswith(("text_model.", "text_projection.")):
-                tensor = state[name].detach().to("cpu").contiguous()
-                digest.update(name.encode())
-                digest.update(str(tensor.dtype).encode())
-                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    def _text_side(self) -> list[tuple[str, Any]]:
+        """The modules `get_text_features` runs."""
+        return [(name, getattr(self.model, name)) for name in ("text_model", "text_projection")]
+
+    def _state_token(self) -> tuple:
+        """Cheap to compute, and different whenever the text embedding may have changed: each tensor's storage,
+        version counter (bumped by every in-place write: optimizer steps, adapter switches, `load_state_dict`),
+        dtype and device, and every module's mode (train/eval, adapter on/off)."""
+        items: list[Any] = []
+        for prefix, module in self._text_side():
+            for name, tensor in chain(module.named_parameters(), module.named_buffers()):
+                items.append((prefix, name, tensor.data_ptr(), tensor._version, str(tensor.dtype), str(tensor.device)))
+            items.extend((prefix, name, _module_modes(m)) for name, m in module.named_modules())
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        vocab = sorted(tokenizer.get_vocab().items())
+        items.append((id(tokenizer), len(tokenizer), self.clean_text, self.max_length))
+        return tuple(items)
+
+    def cache_key(self) -> str:
+        """sha256 over everything that changes the text embedding: the text-side tensors as they are now, module
+        modes (adapters on/off), the model config, the tokenizer (class, vocabulary, settings), the tokenisation
+        settings and the prompts."""
+        digest = hashlib.sha256(f"alta-class-embeddings/{CACHE_FORMAT}".encode())
+        for prefix, module in self._text_side():
+            state = module.state_dict()
+            for name in sorted(state):
+                tensor = state[name].detach().to("cpu").contiguous()
+                digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            digest.update(repr([(name, _module_modes(m)) for name, m in module.named_modules()]).encode())
+        config = self.model.config.to_dict()
+        for volatile in ("_name_or_path", "transformers_version", "vision_config", "torch_dtype", "dtype"):
+            config.pop(volatile, None)
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        settings = {
+            name: getattr(tokenizer, name, None)
+            for name in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "padding_side")
+        }
+        digest.update(type(tokenizer).__name__.encode())
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
         settings = {"clean_text": self.clean_text, "max_length": self.max_length, "prompts": self.class_prompts}
-        digest.update(json.dumps(vocab).encode())
         digest.update(json.dumps(settings, sort_keys=False).encode())
         return digest.hexdigest()
 
-    def _cache_file(self) -> Path | None:
+    def _cache_file(self, key: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"alta-class-embeddings-{self.cache_key()[:32]}.safetensors"
+        return self.cache_dir / f"alta-class-embeddings-{key[:32]}.safetensors"
 
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return embed_texts(
@@ -240,33 +292,58 @@ class ZeroShotClassifier:
         _, embeds = encode_prompt_ensemble(self.class_prompts, self._encode_prompts, batch_size=self.text_batch_size)
         return embeds
 
+    def _load_cached(self, path: Path, key: str) -> torch.Tensor | None:
+        """The cached embeddings if the file is intact and was written for `key`; None (with a warning) otherwise."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                embeds = handle.get_tensor("class_embeddings")
+        except Exception as err:  # truncated or not a safetensors file
+            logger.warning("class-embedding cache %s cannot be read (%s); recomputing it", path, err)
+            return None
+        problem = None
+        if metadata.get("key") != key:
+            problem = (
+                f"it was written for another model, tokenizer or prompts (stored key {metadata.get('key')!r:.20})"
+            )
+        elif metadata.get("class_names") != json.dumps(self.class_names):
+            problem = f"its classes {metadata.get('class_names')} differ from {self.class_names}"
+        elif embeds.dim() != 2 or embeds.shape[0] != len(self.class_names):
+            problem = f"its tensor has shape {tuple(embeds.shape)}, not [{len(self.class_names)}, P]"
+        elif not torch.isfinite(embeds).all():
+            problem = "its tensor holds non-finite values"
+        if problem:
+            logger.warning("class-embedding cache %s is not used: %s; recomputing it", path, problem)
+            return None
+        return embeds
+
+    def _store(self, path: Path, key: str, embeds: torch.Tensor) -> None:
+        from safetensors.torch import save
+
+        from processing.atomic import atomic_write_bytes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"class_names": json.dumps(self.class_names), "key": key, "format": str(CACHE_FORMAT)}
+        atomic_write_bytes(path, save({"class_embeddings": embeds.contiguous()}, metadata=metadata))
+
     @property
     def class_embeddings(self) -> torch.Tensor:
-        """`[C, P]` L2-normalised class embeddings, computed on first access (or loaded from the cache file)."""
-        if self._class_embeddings is None:
-            path = self._cache_file()
-            if path is not None and path.is_file():
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as f:
-                    names = json.loads(f.metadata()["class_names"])
-                    if names != self.class_names:
-                        raise ValueError(f"{path}: cached classes {names} differ from {self.class_names}")
-                    self._class_embeddings = f.get_tensor("class_embeddings")
-            else:
-                self._class_embeddings = self.compute_class_embeddings()
-                if path is not None:
-                    from safetensors.torch import save_file
-
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    save_file(
-                        {"class_embeddings": self._class_embeddings.contiguous()},
-                        str(tmp),
-                        metadata={"class_names": json.dumps(self.class_names), "key": self.cache_key()},
-                    )
-                    os.replace(tmp, path)
-        return self._class_embeddings
+        """`[C, P]` L2-normalised class embeddings: computed on first access (or loaded from the cache file), and
+        again whenever the text side of the model changed since (see the module docstring)."""
+        token = self._state_token()
+        if self._class_embeddings is not None and token == self._token:
+            return self._class_embeddings
+        key = self.cache_key() if self.cache_dir is not None else ""
+        path = self._cache_file(key)
+        embeds = self._load_cached(path, key) if path is not None and path.is_file() else None
+        if embeds is None:
+            embeds = self.compute_class_embeddings()
+            if path is not None:
+                self._store(path, key, embeds)
+        self._class_embeddings, self._token = embeds, token
+        return embeds
 
     # -- scoring ----------------------------------------------------------------------------------------------
 
@@ -283,7 +360,11 @@ class ZeroShotClassifier:
         )
 
     def predict(
-        self, images: Sequence[Any], batch_size: int = 32, dicom_rule: str | None = None
+        self,
+        images: Sequence[Any],
+        batch_size: int = 32,
+        dicom_rule: str | None = None,
+        progress: bool = True,
     ) -> ZeroShotPrediction:
         """Classify images (single-frontal path) or studies (multiview/temporal path with `view_mask`).
 
@@ -292,18 +373,35 @@ class ZeroShotClassifier:
                 One image or one study alone is accepted too.
             batch_size: images per forward; the class embeddings are not recomputed per batch.
             dicom_rule: `"rsna"` for the reference's RSNA DICOM rule.
+            progress: show a progress bar with the time left (tqdm) when there is more than one batch.
 
         Returns:
             `ZeroShotPrediction` with `[N, C]` cosines and probabilities and `[N]` predictions.
         """
+        from tqdm.auto import tqdm
+
         if is_single_input(images):
             images = [images]  # one image or one study
         elif not isinstance(images, torch.Tensor):
             images = list(images)  # lists, tuples, a `datasets` column
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be positive; got {batch_size}")
+        if len(images) == 0:
+            raise ValueError("`images` is empty; nothing to classify")
         self.class_embeddings  # noqa: B018 - text tower first, so a bad prompt fails before the image work
-        return self.scores_from_embeddings(
-            embed_images(self.model, self.processor, images, batch_size, dicom_rule=dicom_rule)
-        )
+        chunks = []
+        with tqdm(
+            total=len(images), unit="image", desc="zero-shot", disable=not progress or len(images) <= batch_size
+        ) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                try:
+                    chunks.append(embed_images(self.model, self.processor, batch, batch_size, dicom_rule=dicom_rule))
+                except (ValueError, TypeError, FileNotFoundError) as err:
+                    # The processor numbers items within the batch; say where the batch starts in `images`.
+                    raise type(err)(f"in the batch of items {start}..{start + len(batch) - 1}: {err}") from err
+                bar.update(len(batch))
+        return self.scores_from_embeddings(torch.cat(chunks))
 
     __call__ = predict
 

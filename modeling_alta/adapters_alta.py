@@ -23,14 +23,19 @@ Base fingerprint (recorded at save, checked at load). Computed over the **base m
 under `base_model_prefix`, i.e. `AltaModel`: both towers and the projection heads), minus the adapter set, so that
 an adapter trained with `AltaForPreTraining` loads onto `AltaModel` for inference:
 
-- `structure`: sha256 of the sorted `name:shape:dtype` lines. A mismatch always refuses the load.
+- `structure`: sha256 of the sorted `name:shape` lines. A mismatch always refuses the load.
 - `architecture`: what the weights do not show: the attention-head counts and every size of the config (encoder,
   decoder, text, projection; `_ARCHITECTURE_FIELDS`). A base with other heads has tensors of the same shapes but
   computes other features, so a mismatch always refuses the load too, naming the fields that differ. (Adapter files
   written before this field existed load with a warning that the architecture could not be checked.)
-- `weights`: sha256 of the raw bytes of those parameters' values. A mismatch means the adapter was trained on other
-  base weights (or the base was cast, e.g. to bfloat16): refused unless `verify_base_weights=False`. Hashing the
-  ~225M frozen values of alta-base takes about a second on a CPU.
+- `weights`: sha256 of the raw bytes of those parameters' values (so their dtype counts here). A mismatch means the
+  adapter was trained on other base weights, or the base was cast (e.g. to bfloat16): refused unless
+  `verify_base_weights=False`. Hashing the ~225M frozen values of alta-base takes about a second on a CPU.
+
+Tampering. An adapter file may only change the parameters of the adapter set its `adapter_config.json` declares
+(`trainable_groups`, found structurally in the model): a tensor of any other model parameter is refused by name, so
+an adapter can never overwrite frozen base weights, and the base fingerprint covers everything outside the declared
+set. Every field of `adapter_config.json` is type-checked, and errors name the field.
 
 This file ships to the Hub next to `modeling_alta.py`: it imports only torch, safetensors, huggingface_hub,
 transformers and its siblings (`from .x import Y`).
@@ -53,7 +58,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
-from .configuration_alta import AltaAdapterConfig
+from .configuration_alta import ADAPTER_TOWERS, TRAINABLE_GROUPS, AltaAdapterConfig, check_pretrained_source
 
 
 logger = logging.get_logger(__name__)
@@ -64,6 +69,9 @@ ALTA_ADAPTER_CONFIG_NAME = "adapter_config.json"
 # so that PEFT fails on it at once (KeyError 'ALTA') instead of reading the file as, say, a LoRA.
 ALTA_ADAPTER_FORMAT = "alta"
 ALTA_ADAPTER_FORMAT_VERSION = 1
+# Fingerprints of version 2 hash shapes only in `structure` (version 1 included dtypes, so a bf16 base could never
+# load an fp32-trained adapter, even with verify_base_weights=False).
+ALTA_FINGERPRINT_VERSION = 2
 ALTA_PEFT_TYPE = "ALTA"
 DEFAULT_ADAPTER_NAME = "default"
 _ADAPTER_FIELDS = tuple(f.name for f in fields(AltaAdapterConfig))
@@ -142,6 +150,84 @@ def _read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object; got {type(data).__name__}.")
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any, allowed: tuple[str, ...] | None = None) -> bool:
+    return (
+        isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+        and (allowed is None or all(v in allowed for v in value))
+    )
+
+
+def validate_alta_adapter_config(data: dict[str, Any], source: str) -> AltaAdapterConfig:
+    """Check every field of an ALTA `adapter_config.json`; return its `AltaAdapterConfig`.
+
+    Raises:
+        ValueError: naming the file, the field, what it must be and the value found.
+    """
+    checks: dict[str, tuple[Any, str]] = {
+        "format_version": (_is_int, "an integer"),
+        "base_model_name_or_path": (lambda v: v is None or isinstance(v, str), "a string or null"),
+        "towers": (lambda v: _is_str_list(v, ADAPTER_TOWERS), f"a list of {list(ADAPTER_TOWERS)}"),
+        "tower_bottleneck_sizes": (
+            lambda v: (
+                isinstance(v, dict) and all(t in ADAPTER_TOWERS and (x is None or _is_int(x)) for t, x in v.items())
+            ),
+            "an object mapping 'vision'/'text' to an integer or null",
+        ),
+        "trainable_groups": (lambda v: _is_str_list(v, TRAINABLE_GROUPS), f"a list of {list(TRAINABLE_GROUPS)}"),
+        "placement": (_is_str_list, "a list of strings"),
+        "layers": (
+            lambda v: v is None or (isinstance(v, list) and all(_is_int(i) for i in v)),
+            "null or a list of ints",
+        ),
+        "act": (lambda v: isinstance(v, str), "a string"),
+        "mlp_scale": (_is_number, "a number"),
+        "bottleneck_ratio": (_is_number, "a number"),
+        "bottleneck_size": (lambda v: v is None or _is_int(v), "an integer or null"),
+        "zero_init_up": (lambda v: isinstance(v, bool), "true or false"),
+        "num_adapter_parameters": (_is_int, "an integer"),
+        "num_adapter_tensors": (_is_int, "an integer"),
+        "base_model_fingerprint": (lambda v: isinstance(v, dict), "an object"),
+    }
+    required = ("format_version", "towers", "tower_bottleneck_sizes", "trainable_groups", "base_model_fingerprint")
+    for name in required:
+        if name not in data:
+            raise ValueError(f"{source}: field {name!r} is missing; it is not an ALTA adapter config this code wrote.")
+    for name, (ok, expected) in checks.items():
+        if name in data and not ok(data[name]):
+            raise ValueError(f"{source}: field {name!r} must be {expected}; got {data[name]!r}.")
+    fingerprint = data["base_model_fingerprint"]
+    for name, ok, expected in (
+        ("structure", lambda v: isinstance(v, str), "a string"),
+        ("weights", lambda v: isinstance(v, str), "a string"),
+        ("num_parameters", lambda v: v is None or _is_int(v), "an integer"),
+        ("version", _is_int, "an integer"),
+        ("architecture", lambda v: isinstance(v, dict), "an object"),
+        (
+            "tensors",
+            lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+            "an object of strings",
+        ),
+    ):
+        if (name in fingerprint or name in ("structure", "weights")) and not ok(fingerprint.get(name)):
+            raise ValueError(
+                f"{source}: field 'base_model_fingerprint.{name}' must be {expected}; got {fingerprint.get(name)!r}."
+            )
+    fields_of_config = {f.name for f in fields(AltaAdapterConfig)}
+    try:
+        return AltaAdapterConfig.from_dict({k: v for k, v in data.items() if k in fields_of_config})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from err
 
 
 def is_alta_adapter_config(data: dict[str, Any]) -> bool:
@@ -261,11 +347,14 @@ class AltaAdapterMixin:
     # -------------------------------------------------------------------------------------------------------------
     # Base fingerprint
     # -------------------------------------------------------------------------------------------------------------
-    def alta_base_fingerprint(self, adapter_keys: Iterable[str] | None = None) -> dict[str, Any]:
+    def alta_base_fingerprint(
+        self, adapter_keys: Iterable[str] | None = None, version: int = ALTA_FINGERPRINT_VERSION
+    ) -> dict[str, Any]:
         """Hashes of the frozen base: the base-model parameters outside `adapter_keys` (default: the adapter set).
 
         Values changed by loaded adapters are hashed as they were before the first adapter was applied, so the
-        fingerprint of a base does not depend on which adapter is active.
+        fingerprint of a base does not depend on which adapter is active. `version=1` computes the structure hash
+        of older files (dtypes included).
         """
         adapter_keys = set(self._alta_adapter_set() if adapter_keys is None else adapter_keys)
         prefix = self._alta_prefix()
@@ -280,13 +369,15 @@ class AltaAdapterMixin:
             if key in adapter_keys:
                 continue
             value = base_values.get(key, param)
-            structure.update(f"{key}:{tuple(value.shape)}:{str(value.dtype).replace('torch.', '')}\n".encode())
+            dtype = f":{str(value.dtype).replace('torch.', '')}" if version < 2 else ""
+            structure.update(f"{key}:{tuple(value.shape)}{dtype}\n".encode())
             data = _tensor_bytes(value)
             weights.update(data)
             # Short per-tensor digests let a mismatch name the tensors that differ (a few bytes each in the file).
             per_tensor[key] = hashlib.sha256(data).hexdigest()[:16]
             count += value.numel()
         return {
+            "version": version,
             "structure": structure.hexdigest(),
             "architecture": self.alta_base_architecture(),
             "weights": weights.hexdigest(),
@@ -435,8 +526,9 @@ class AltaAdapterMixin:
     # -------------------------------------------------------------------------------------------------------------
     @staticmethod
     def _alta_resolve_files(path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> tuple[Path, Path, str]:
-        local = Path(path_or_repo_id)
+        local = Path(path_or_repo_id).expanduser()
         subfolder = hub_kwargs.pop("subfolder", None) or ""
+        check_pretrained_source(path_or_repo_id, "ALTA adapter")
         if local.is_dir():
             folder = local / subfolder
             config_file, weights_file = folder / ALTA_ADAPTER_CONFIG_NAME, folder / ALTA_ADAPTER_WEIGHTS_NAME
@@ -450,8 +542,14 @@ class AltaAdapterMixin:
         if unknown:
             raise TypeError(f"Unknown Hub keyword arguments {unknown}; accepted: {sorted(allowed)}.")
         sub = subfolder or None
-        config_file = hf_hub_download(repo_id, ALTA_ADAPTER_CONFIG_NAME, subfolder=sub, **hub_kwargs)
-        weights_file = hf_hub_download(repo_id, ALTA_ADAPTER_WEIGHTS_NAME, subfolder=sub, **hub_kwargs)
+        try:
+            config_file = hf_hub_download(repo_id, ALTA_ADAPTER_CONFIG_NAME, subfolder=sub, **hub_kwargs)
+            weights_file = hf_hub_download(repo_id, ALTA_ADAPTER_WEIGHTS_NAME, subfolder=sub, **hub_kwargs)
+        except (OSError, ValueError) as err:  # not found, offline, gated: say both places were looked at
+            raise FileNotFoundError(
+                f"ALTA adapter {repo_id!r}: there is no local folder of that name ({Path(repo_id).absolute()}), and "
+                f"it could not be fetched from the Hub either: {type(err).__name__}: {err}"
+            ) from err
         return Path(config_file), Path(weights_file), repo_id
 
     def load_alta_adapter(
@@ -496,7 +594,8 @@ class AltaAdapterMixin:
                 f"{config_file} is not an ALTA adapter config (adapter_format={data.get('adapter_format')!r}, "
                 f"peft_type={data.get('peft_type')!r}). For a PEFT adapter use `peft.PeftModel.from_pretrained`."
             )
-        if data.get("format_version", 0) > ALTA_ADAPTER_FORMAT_VERSION:
+        declared = validate_alta_adapter_config(data, str(config_file))
+        if data["format_version"] > ALTA_ADAPTER_FORMAT_VERSION:
             raise ValueError(
                 f"{config_file} has format_version={data['format_version']}, newer than this code reads "
                 f"({ALTA_ADAPTER_FORMAT_VERSION}); update the model code."
@@ -506,6 +605,15 @@ class AltaAdapterMixin:
         with safe_open(str(weights_file), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open API
         params = self._alta_named_parameters()
+        # The declared adapter set, found structurally in this model: the only parameters an adapter may change.
+        allowed = {self._alta_file_key(n) for n in self.alta_trainable_parameters(declared.trainable_groups)}
+        foreign = sorted(k for k in tensors if k in params and k not in allowed)
+        if foreign:
+            raise ValueError(
+                f"The ALTA adapter at {source} holds {len(foreign)} tensor(s) outside its declared trainable set "
+                f"(trainable_groups={list(declared.trainable_groups)}), e.g. {foreign[:5]}: an adapter may only "
+                "change adapter-set parameters, never the frozen base. Refusing to load it."
+            )
         unexpected = sorted(k for k in tensors if k not in params)
         mismatched = [
             f"{k}: file {tuple(t.shape)} vs model {tuple(params[k].shape)}"
@@ -531,8 +639,11 @@ class AltaAdapterMixin:
                 f"does not have (pre-training-only parts?): {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
             )
             tensors = {k: t for k, t in tensors.items() if k not in unexpected}
+        non_finite = sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+        if non_finite:
+            raise ValueError(f"The ALTA adapter at {source} holds non-finite values in {non_finite[:5]}.")
 
-        self._alta_check_base(data, set(tensors), source, verify_base_weights)
+        self._alta_check_base(data, allowed, source, verify_base_weights)
 
         device_dtype = {k: (params[k].device, params[k].dtype) for k in tensors}
         state["adapters"][name] = {
@@ -547,7 +658,7 @@ class AltaAdapterMixin:
 
     def _alta_check_base(self, data: dict[str, Any], keys: set[str], source: str, verify_weights: bool) -> None:
         recorded = data.get("base_model_fingerprint") or {}
-        mine = self.alta_base_fingerprint(keys)
+        mine = self.alta_base_fingerprint(keys, version=min(int(recorded.get("version", 1)), ALTA_FINGERPRINT_VERSION))
         recorded_id = data.get("base_model_name_or_path")
         my_id = getattr(self.config, "_name_or_path", None) or "<built from a config>"
         if recorded.get("structure") != mine["structure"]:
@@ -749,4 +860,5 @@ __all__ = [
     "AltaAdapterMixin",
     "build_alta_adapter_card",
     "is_alta_adapter_config",
+    "validate_alta_adapter_config",
 ]

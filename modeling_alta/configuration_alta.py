@@ -8,6 +8,7 @@ This file is copied next to the weights by ``save_pretrained`` and loaded as Hub
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -41,6 +42,55 @@ VIEW_KINDS = ("frontal", "lateral")
 TIME_POINTS = ("current", "prior")
 STUDY_SLOTS = ("frontal", "lateral", "prior_frontal", "prior_lateral")
 FRAME_POOLING_MODES = ("cls", "mean")
+
+
+def _is_hub_repo_id(name: str) -> bool:
+    """True when `name` can be a Hub repository id (`repo` or `namespace/repo`); a path-like name cannot."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1:
+        return False
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except Exception:  # HFValidationError, or huggingface_hub without the helper
+        return False
+    return True
+
+
+def check_pretrained_source(name: Any, what: str = "model") -> None:
+    """Refuse a `from_pretrained` source that is meant as a local folder but does not exist.
+
+    Without this, a mistyped path reaches the Hub client and fails with `HFValidationError: Repo id must be in the
+    form ...`, which does not say that the folder is missing.
+
+    Raises:
+        FileNotFoundError: naming the folder (and its absolute path) and saying the Hub was not searched.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        return
+    text = os.fspath(name)
+    if os.path.exists(os.path.expanduser(text)) or _is_hub_repo_id(text):
+        return
+    raise FileNotFoundError(
+        f"{what} folder {text!r} does not exist ({os.path.abspath(os.path.expanduser(text))}); the name is not a "
+        "Hub repository id either, so the Hub was not searched."
+    )
+
+
+def not_found_anywhere(name: Any, what: str, err: Exception) -> Exception:
+    """The error for a repository-id-shaped name that is neither a local folder nor found on the Hub (or `err`
+    itself when `name` exists locally: then the failure is about its content)."""
+    if getattr(err, "_alta_not_found", False) or not isinstance(name, (str, os.PathLike)):
+        return err  # already explained (a config loaded inside a model's from_pretrained)
+    text = os.fspath(name)
+    if os.path.exists(os.path.expanduser(text)):
+        return err
+    error = FileNotFoundError(
+        f"{what} {text!r}: there is no local folder of that name ({os.path.abspath(text)}), and it was not found on "
+        f"the Hub either: {err}"
+    )
+    error._alta_not_found = True
+    return error
 
 
 @dataclass
@@ -544,6 +594,18 @@ class AltaConfig(PretrainedConfig):
             return cls(**value)
         raise TypeError(f"`{name}` must be a dict or {cls.__name__}; got {type(value).__name__}.")
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> AltaConfig:
+        """`PretrainedConfig.from_pretrained`, with a clear error for a local folder that does not exist."""
+        check_pretrained_source(pretrained_model_name_or_path, "model")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except OSError as err:
+            explained = not_found_anywhere(pretrained_model_name_or_path, "model", err)
+            if explained is err:
+                raise
+            raise explained from err
+
     @property
     def adapter(self) -> AltaAdapterConfig | None:
         """The adapter settings in force (the vision tower's, else the text tower's); `None` without adapters."""
@@ -556,6 +618,8 @@ class AltaConfig(PretrainedConfig):
 
 
 __all__ = [
+    "check_pretrained_source",
+    "not_found_anywhere",
     "STUDY_SLOTS",
     "TIME_POINTS",
     "VIEW_KINDS",

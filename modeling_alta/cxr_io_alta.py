@@ -6,12 +6,20 @@ Pillow; pydicom is optional and imported lazily (`pip install pydicom`, or the `
 Every reader returns a PIL image in mode ``"L"`` (grayscale) or ``"RGB"`` (only for genuinely coloured inputs,
 whose channels differ), because the reference transform resizes colour images before converting them to gray and
 the two orders differ by rounding.
+
+Size limit. A small compressed file can declare an enormous image (a 219 KB DICOM declaring 15000x15000 pixels
+decodes to 2.4 GB). DICOMs follow PIL's own decompression-bomb rule, with PIL's setting: above
+``PIL.Image.MAX_IMAGE_PIXELS`` pixels (width x height x frames) a ``PIL.Image.DecompressionBombWarning`` is issued,
+above twice that the file is refused *before its pixel data is decoded*, with `ImageTooLargeError` naming the file
+and its size. Raise ``PIL.Image.MAX_IMAGE_PIXELS`` (or set it to ``None``) to read larger images; PNG and JPEG files
+obey the same setting through PIL, and their refusal is reported the same way.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,34 @@ from PIL import Image, UnidentifiedImageError
 SUPPORTED_PIL_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "I", "I;16", "I;16B", "I;16L", "F")
 DICOM_RULES = ("voi", "rsna")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
+class ImageTooLargeError(ValueError, Image.DecompressionBombError):
+    """An image over twice `PIL.Image.MAX_IMAGE_PIXELS`, refused before decoding (a `ValueError`, and PIL's
+    `DecompressionBombError` for code that catches that)."""
+
+
+def check_image_pixels(width: int, height: int, frames: int, name: str, kind: str = "image") -> None:
+    """Apply PIL's decompression-bomb rule to a declared size: warn above `PIL.Image.MAX_IMAGE_PIXELS` pixels,
+    raise `ImageTooLargeError` above twice that (no limit when it is None)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    pixels = int(width) * int(height) * max(int(frames), 1)
+    size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+    if pixels > 2 * limit:
+        raise ImageTooLargeError(
+            f"{name}: the {kind} declares {size} pixels ({pixels:,}), more than twice PIL.Image.MAX_IMAGE_PIXELS "
+            f"({limit:,}); refused before decoding (it could be a decompression bomb). Raise "
+            "PIL.Image.MAX_IMAGE_PIXELS, or set it to None, to read it."
+        )
+    if pixels > limit:
+        warnings.warn(
+            f"{name}: the {kind} declares {size} pixels ({pixels:,}), more than PIL.Image.MAX_IMAGE_PIXELS "
+            f"({limit:,}); it could be a decompression bomb.",
+            Image.DecompressionBombWarning,
+            stacklevel=3,
+        )
 
 
 def describe_source(source: Any) -> str:
@@ -127,6 +163,12 @@ def dicom_to_uint8(dataset: Any, rule: str = "voi", name: str = "DICOM") -> np.n
     """
     if rule not in DICOM_RULES:
         raise ValueError(f"{name}: unknown dicom_rule {rule!r}; expected one of {DICOM_RULES}")
+    try:
+        rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
+        declared_frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: unreadable DICOM image size (Rows/Columns/NumberOfFrames): {err}") from err
+    check_image_pixels(columns, rows, declared_frames, name, kind="DICOM")  # before the pixel data is decoded
     try:
         pixels = dataset.pixel_array
     except Exception as err:  # pydicom raises several types for missing or undecodable pixel data
@@ -254,7 +296,11 @@ def _open_image_file(handle: Any, name: str) -> Image.Image:
             return pil_to_working_image(image, name)
     except UnidentifiedImageError as err:
         raise ValueError(f"{name}: not a recognised image file (PNG, JPEG, DICOM, ...): {err}") from err
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(
+            f"{name}: refused before decoding: {err} Raise PIL.Image.MAX_IMAGE_PIXELS, or set it to None, to read it."
+        ) from err
+    except (OSError, SyntaxError) as err:
         raise ValueError(f"{name}: corrupt or truncated image file: {err}") from err
 
 
@@ -306,6 +352,8 @@ def load_image(source: Any, dicom_rule: str = "voi") -> Image.Image:
 
 
 __all__ = [
+    "ImageTooLargeError",
+    "check_image_pixels",
     "DICOM_RULES",
     "SUPPORTED_PIL_MODES",
     "describe_source",

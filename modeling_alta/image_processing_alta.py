@@ -287,6 +287,10 @@ class AltaImageProcessor(BaseImageProcessor):
         augment_shear (`float`, *optional*, defaults to 10.0): training x-shear range ±degrees.
         augment_brightness (`list[float]`, *optional*, defaults to `[0.8, 1.2]`): brightness factor range.
         augment_contrast (`list[float]`, *optional*, defaults to `[0.8, 1.2]`): contrast factor range.
+        min_image_size (`int`, *optional*, defaults to 16):
+            Smallest accepted side of an input, in pixels (one ViT patch). A smaller image (a thumbnail, an icon,
+            a 3x3 test pattern) carries no usable detail once resized to `crop_size`, so it is refused with a
+            `ValueError` naming it rather than silently upscaled; set 1 to accept any size.
 
     Inputs (`images`):
         - one image: PIL, numpy (uint8, uint16 and other integers, bool, float in [0, 1]), `str`/`Path` to a
@@ -325,6 +329,7 @@ class AltaImageProcessor(BaseImageProcessor):
         augment_shear: float = 10.0,
         augment_brightness: Sequence[float] = (0.8, 1.2),
         augment_contrast: Sequence[float] = (0.8, 1.2),
+        min_image_size: int = 16,
         **kwargs: Any,
     ) -> None:
         num_slots = kwargs.pop("num_views", num_slots)  # the key's name before 0.2
@@ -344,6 +349,9 @@ class AltaImageProcessor(BaseImageProcessor):
         self.augment_shear = float(augment_shear)
         self.augment_brightness = [float(v) for v in augment_brightness]
         self.augment_contrast = [float(v) for v in augment_contrast]
+        self.min_image_size = int(min_image_size)
+        if self.min_image_size < 1:
+            raise ValueError(f"`min_image_size` must be >= 1; got {self.min_image_size}")
         self._validate(
             self.shortest_edge, self.crop_size, self.reconstruction_shortest_edge, self.reconstruction_crop_size
         )
@@ -414,9 +422,16 @@ class AltaImageProcessor(BaseImageProcessor):
         if image is None:
             return None
         try:
-            return self.load(image, dicom_rule)
+            loaded = self.load(image, dicom_rule)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{where}: {err}") from err
+        if min(loaded.size) < self.min_image_size:
+            raise ValueError(
+                f"{where}: {describe_source(image)} is {loaded.width}x{loaded.height} pixels, smaller than "
+                f"min_image_size={self.min_image_size}; an image this small holds no usable detail at "
+                f"{self.crop_size}x{self.crop_size} (lower `min_image_size` to accept it)"
+            )
+        return loaded
 
     # -- main entry point -------------------------------------------------------------------------------------
 

@@ -34,7 +34,15 @@ except ImportError:  # pragma: no cover - kept so that the Hub file still loads 
     ALL_ATTENTION_FUNCTIONS = None
 
 from .adapters_alta import AltaAdapterMixin
-from .configuration_alta import STUDY_SLOTS, AltaAdapterConfig, AltaConfig, AltaTextConfig, AltaVisionConfig
+from .configuration_alta import (
+    STUDY_SLOTS,
+    AltaAdapterConfig,
+    AltaConfig,
+    AltaTextConfig,
+    AltaVisionConfig,
+    check_pretrained_source,
+    not_found_anywhere,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -1267,6 +1275,19 @@ class AltaPreTrainedModel(AltaAdapterMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["AltaVisionLayer", "AltaTextLayer", "AltaVisionEmbeddings", "AltaTextEmbeddings"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, with a clear error for a local folder that does not exist (instead of
+        `HFValidationError: Repo id must be in the form ...`), and for a name found neither locally nor on the Hub."""
+        check_pretrained_source(pretrained_model_name_or_path, "model")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except OSError as err:
+            explained = not_found_anywhere(pretrained_model_name_or_path, "model", err)
+            if explained is err:
+                raise
+            raise explained from err
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -289,7 +289,9 @@ class AltaZeroShotImageClassificationPipeline(_AltaImagePipelineMixin, Pipeline)
             settings = {"clean_text": named.clean_text, "max_length": named.max_length}
         elif isinstance(candidate_labels, Mapping):
             ensemble = validate_prompt_ensemble(candidate_labels)
-        elif isinstance(candidate_labels, Sequence) and candidate_labels:
+        elif isinstance(candidate_labels, Sequence) and not candidate_labels:
+            raise ValueError("`candidate_labels` is an empty list; pass at least one label")
+        elif isinstance(candidate_labels, Sequence):
             labels = list(candidate_labels)
             bad = [label for label in labels if not isinstance(label, str)]
             if bad:

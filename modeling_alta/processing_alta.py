@@ -56,6 +56,7 @@ def encode_texts(
     allow_empty: bool = False,
     return_tensors: str | None = None,
     names: Sequence[str] | None = None,
+    truncated: list[str] | None = None,
     **kwargs: Any,
 ) -> BatchFeature:
     """Tokenise reports or prompts: the one text path of the package (processor, collators, inference, evaluation).
@@ -73,6 +74,8 @@ def encode_texts(
         allow_empty: accept texts that are empty after cleanup (they become `[CLS] [SEP]`, as in the reference's
             evaluation); otherwise an empty text raises `ValueError`.
         names: how the warnings and errors name each text (default `"report {i}"`).
+        truncated: a list to collect `"<name> (<n> tokens)"` for each truncated text instead of logging a warning
+            per text (a training loop names each study once and summarises; see `training/notices.py`).
         kwargs: other tokenizer arguments.
 
     Returns:
@@ -97,7 +100,7 @@ def encode_texts(
             item = cleaned
         checked.append(item)
     if max_length is not None and truncation:
-        _warn_if_truncated(tokenizer, checked, max_length, labels)
+        _warn_if_truncated(tokenizer, checked, max_length, labels, truncated)
     elif max_length is not None and padding == "max_length":
         longest = max(len(ids) for ids in tokenizer(checked, add_special_tokens=True)["input_ids"])
         max_length = max(max_length, longest)
@@ -113,7 +116,9 @@ def encode_texts(
     )
 
 
-def _warn_if_truncated(tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[str]) -> None:
+def _warn_if_truncated(
+    tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[str], collect: list[str] | None = None
+) -> None:
     # A WordPiece token covers at least one non-space character, so short strings cannot overflow; only longer
     # ones pay for a second tokenisation.
     special = tokenizer.num_special_tokens_to_add(pair=False)
@@ -121,7 +126,9 @@ def _warn_if_truncated(tokenizer: Any, texts: list[str], max_length: int, labels
         if len(item) <= max_length - special:
             continue
         count = len(tokenizer.tokenize(item)) + special
-        if count > max_length:
+        if count > max_length and collect is not None:
+            collect.append(f"{label} ({count} tokens)")
+        elif count > max_length:
             logger.warning(
                 f"{label} has {count} tokens and is truncated to max_length={max_length} (starts {item[:60]!r})"
             )

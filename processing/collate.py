@@ -89,7 +89,7 @@ class AltaPretrainingCollator:
     Args:
         processor: an `AltaProcessor` (image processor + CXR-BERT tokenizer).
         mlm_probability: share of non-special report tokens replaced by ``[MASK]`` (0.5).
-        max_length: report length in tokens (128); longer reports are truncated, with a warning naming the study.
+        max_length: report length in tokens (128); longer reports are truncated and listed in `truncated`.
         seed: base seed of every study's random streams (see the module docstring).
         augment: apply the training image augmentation (random affine + jitter with shared current/prior draws).
         shuffle_reports: shuffle report sentences (the reference does, in training).
@@ -99,8 +99,10 @@ class AltaPretrainingCollator:
     Returns (per call) a dict with:
         `pixel_values` float ``[B, 4, 3, 224, 224]``, `view_mask` bool ``[B, 4]``, `reconstruction_pixel_values`
         float ``[B, 3, 448, 448]``, `input_ids`, `attention_mask`, `token_type_ids`, `mlm_input_ids`, `mlm_labels`
-        long ``[B, max_length]``, `mask_noise` (when `mask_noise_shape` is set), and `skipped`: a list of messages,
-        one per study left out. When every study of the batch was left out, only `skipped` is returned.
+        long ``[B, max_length]``, `mask_noise` (when `mask_noise_shape` is set), `skipped`: a list of messages,
+        one per study left out, and `truncated`: ``"study index N (K tokens)"`` for each report cut to
+        `max_length` (the training loop names each study once and summarises, instead of one warning per batch).
+        When every study of the batch was left out, only `skipped` and an empty `truncated` are returned.
     """
 
     def __init__(
@@ -164,7 +166,7 @@ class AltaPretrainingCollator:
             studies.append(study)
             indices.append(index)
         if not studies:
-            return {"skipped": skipped}
+            return {"skipped": skipped, "truncated": []}
         streams = [study_streams([self.seed, self.epoch, index]) for index in indices]
         reports = [
             shuffle_sentences(study["report"], text_rng) if self.shuffle_reports else study["report"]
@@ -177,12 +179,14 @@ class AltaPretrainingCollator:
             generator=[image_rng for image_rng, _, _, _ in streams],
             return_reconstruction=True,
         )
+        truncated: list[str] = []
         text = encode_texts(
             self.processor.tokenizer,
             reports,
             max_length=self.max_length,
             return_tensors="pt",
             names=[f"study index {index}" for index in indices],
+            truncated=truncated,
         )
         mlm_input_ids, mlm_labels = mask_tokens(
             text["input_ids"], self.special_ids, self.mask_token_id, self.mlm_probability, [s[2] for s in streams]
@@ -200,6 +204,7 @@ class AltaPretrainingCollator:
         if self.mask_noise_shape is not None:
             batch["mask_noise"] = torch.stack([torch.rand(self.mask_noise_shape, generator=s[3]) for s in streams])
         batch["skipped"] = skipped
+        batch["truncated"] = truncated
         return batch
 
 

@@ -116,6 +116,7 @@ def dataset_from_reference_csv(
     image_root: str | Path | None = None,
     missing_frontal: Literal["error", "skip"] = "error",
     check_files: bool = False,
+    allow_absolute_paths: bool = False,
 ):
     """A study dataset from the reference ``train.csv`` layout.
 
@@ -124,7 +125,13 @@ def dataset_from_reference_csv(
     frontal raises ``ValueError`` naming the line (``missing_frontal="error"``) or is skipped and counted
     (``"skip"``; the count is logged).
     """
-    table = read_reference_csv(csv_path, image_root, missing_frontal=missing_frontal, check_files=check_files)
+    table = read_reference_csv(
+        csv_path,
+        image_root,
+        missing_frontal=missing_frontal,
+        check_files=check_files,
+        allow_absolute_paths=allow_absolute_paths,
+    )
     if table.skipped:
         logger.warning("%s: %s", csv_path, table.summary())
     return dataset_from_rows(table)
@@ -401,6 +408,9 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--csv", required=True, help="the train.csv")
     ref.add_argument("--image-root", default=None, help="relative paths resolve here (default: the CSV's folder)")
     ref.add_argument("--skip-missing-frontal", action="store_true", help="skip rows without a frontal (else error)")
+    ref.add_argument(
+        "--allow-absolute-paths", action="store_true", help="accept absolute image paths (else: inside --image-root)"
+    )
 
     for p in (mimic, ref):
         p.add_argument("--out", default=None, help="save_to_disk folder")
@@ -432,7 +442,10 @@ def main(argv: Sequence[str] | None = None) -> StudyTable:
         extra = MIMIC_EXTRA_COLUMNS
     else:
         table = read_reference_csv(
-            args.csv, args.image_root, missing_frontal="skip" if args.skip_missing_frontal else "error"
+            args.csv,
+            args.image_root,
+            missing_frontal="skip" if args.skip_missing_frontal else "error",
+            allow_absolute_paths=args.allow_absolute_paths,
         )
     print(table.summary())
     if args.train_csv is not None:

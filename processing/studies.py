@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -119,9 +120,22 @@ def is_missing_view(value: Any) -> bool:
     return text in ("", MISSING_VIEW, "-1.0", "nan", "NaN")
 
 
-def _resolve(path: str, root: Path) -> str:
-    p = Path(str(path).strip()).expanduser()
-    return str(p if p.is_absolute() else (root / p).resolve())
+def _resolve(path: str, root: Path, where: str, allow_absolute: bool = False) -> str:
+    """The absolute path of a CSV cell: relative paths resolve against `root` and must stay inside it; absolute ones
+    are refused unless `allow_absolute`."""
+    text = str(path).strip()
+    p = Path(text).expanduser()
+    if p.is_absolute():
+        if not allow_absolute:
+            raise ValueError(
+                f"{where}: image path {text!r} is absolute; paths must be relative to the image root ({root}). Pass "
+                "allow_absolute_paths=True (--allow_absolute_image_paths) to accept absolute paths."
+            )
+        return str(p)
+    joined = os.path.normpath(os.path.join(root, text))
+    if os.path.commonpath([str(root), joined]) != str(root):
+        raise ValueError(f"{where}: image path {text!r} leaves the image root ({root}); it resolves to {joined}")
+    return str(Path(joined).resolve())
 
 
 def read_reference_csv(
@@ -129,28 +143,32 @@ def read_reference_csv(
     image_root: str | Path | None = None,
     missing_frontal: Literal["error", "skip"] = "error",
     check_files: bool = False,
+    allow_absolute_paths: bool = False,
 ) -> StudyTable:
     """Read the reference ``train.csv`` layout into study rows.
 
     Args:
-        csv_path: a CSV with columns ``image_path``, ``auxview_image_path``, ``last_image_path``,
-            ``last_auxview_image_path`` and ``report``. Optional ``study_id``/``subject_id`` columns are kept; any
-            other column is ignored.
+        csv_path: a UTF-8 CSV with columns ``image_path``, ``auxview_image_path``, ``last_image_path``,
+            ``last_auxview_image_path`` and ``report``. Optional ``study_id``/``subject_id`` columns are kept (a
+            ``study_id`` listed twice is refused, naming both lines); any other column is ignored.
         image_root: folder that relative paths are relative to. Defaults to the CSV's folder. (The reference opens
-            paths relative to its working directory, usually the repository root: pass that folder here.)
+            paths relative to its working directory, usually the repository root: pass that folder here.) Every
+            path must stay inside it.
         missing_frontal: what to do with a row without a current frontal (``"-1"``, empty): ``"error"`` raises a
             ``ValueError`` naming the row; ``"skip"`` leaves it out and counts it in ``skipped["no_frontal"]``.
         check_files: raise ``FileNotFoundError`` naming the row, column and path when a referenced image does not
             exist (a cheap pre-flight before a long run; off by default because decoding is lazy and an unreadable
             image is flagged then, not raised).
+        allow_absolute_paths: accept absolute image paths (taken as they are).
 
     Returns:
         A :class:`StudyTable` with absolute paths and ``None`` for missing views, in CSV order.
 
     Raises:
         FileNotFoundError: the CSV (or, with ``check_files``, an image) does not exist.
-        ValueError: a required column is absent, a frontal is missing (``missing_frontal="error"``), or a report is
-            empty; the message names the line and the value.
+        ValueError: the file is empty, not UTF-8 or not CSV; a required column is absent; a path is absolute or
+            leaves the image root; a study id repeats; a frontal is missing (``missing_frontal="error"``), or a
+            report is empty. The message names the file, the line and the value.
     """
     import pandas as pd
 
@@ -161,11 +179,27 @@ def read_reference_csv(
         raise ValueError(f"missing_frontal must be 'error' or 'skip', got {missing_frontal!r}")
     root = Path(image_root).expanduser().resolve() if image_root is not None else csv_path.resolve().parent
     # keep_default_na=False: an empty report stays "" and "-1" stays a string; NaN cannot sneak in as a path.
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(csv_path)!r}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{str(csv_path)!r}: empty file (no header line)") from None
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{str(csv_path)!r}: malformed CSV: {err}") from None
     required = [*REFERENCE_CSV_COLUMNS.values(), REPORT_COLUMN]
     absent = [c for c in required if c not in df.columns]
     if absent:
         raise ValueError(f"{str(csv_path)!r} lacks the column(s) {absent}; found {list(df.columns)}")
+    if "study_id" in df.columns:
+        first_line: dict[str, int] = {}
+        for index, study in enumerate(df["study_id"]):
+            if study and study in first_line:
+                raise ValueError(
+                    f"{str(csv_path)!r}: study_id {study!r} appears twice, on lines {first_line[study]} and "
+                    f"{index + 2}; each study must be listed once"
+                )
+            first_line.setdefault(study, index + 2)
 
     table = StudyTable(rows=[])
     for index, record in enumerate(df.to_dict("records")):
@@ -173,7 +207,8 @@ def read_reference_csv(
         row: dict[str, Any] = {key: (record.get(key) or None) for key in ID_COLUMNS}
         for slot, column in REFERENCE_CSV_COLUMNS.items():
             value = record[column]
-            row[slot] = None if is_missing_view(value) else _resolve(value, root)
+            where = f"{str(csv_path)!r} line {line}, column {column!r}"
+            row[slot] = None if is_missing_view(value) else _resolve(value, root, where, allow_absolute_paths)
         if row["frontal"] is None:
             if missing_frontal == "error":
                 raise ValueError(

@@ -55,6 +55,7 @@ def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest
         ("bench_preprocess.py", "images/s"),
         ("bench_align.py", "| 2 processes (gloo) |"),
         ("bench_embed.py", "| 1 | fp32 | 4 | 1 |"),  # alta-embed against the model alone
+        ("bench_checkpoint_faults.py", "| `verify_checkpoint`"),
     ],
 )
 def test_quick_run_of_data_and_training_benchmarks(script: str, marker: str, real_cxr_dir: Path) -> None:

@@ -13,6 +13,14 @@ processes (the concatenation of the processes' batches is the one-process batch)
 exactly where an uninterrupted one would be. Dropout is the only draw from the global RNG, whose state
 `save_state` stores.
 
+Faults (see training/checkpoints.py and training/signals.py): an unreadable study is skipped, counted on every
+process and named once (the counts survive resumes); batches are skipped on every process together, so the
+processes stay in step; a run that finds no readable study for `--max_consecutive_skipped_batches` batches stops,
+naming the image root and a failing path. Ctrl-C or SIGTERM stops after the current step, saves a checkpoint and
+exits 130 / 143 (a second signal exits at once); processes exit when their launcher dies. A non-finite loss or
+non-finite parameters stop the run; the checkpoints whose weights led there are marked so that `latest` skips them.
+`OUTPUT/model/` is written to a staging folder and renamed into place.
+
 The script reads top to bottom: arguments (1), set-up (2), resume (3), one optimizer step (4), the loop with its
 logging, validation and checkpoints (5), and the end of the run with the export (6).
 """
@@ -37,9 +45,22 @@ import torch
 from modeling_alta.modeling_alta import unwrap_alta_model
 from training.arguments import AlignArguments, DataArguments, ModelArguments
 from training.build import build_accelerator, build_model, build_optimizer, learning_rate_at, trackers
-from training.checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.checkpoints import (
+    NON_FINITE_FILE,
+    TrainerState,
+    check_resume_settings,
+    checkpoint_step,
+    complete_checkpoints,
+    load_checkpoint,
+    mark_non_finite,
+    resolve_checkpoint,
+    run_settings,
+    save_checkpoint,
+)
 from training.data import build_dataloader, load_train_dataset
 from training.losses import AltaPretrainingLoss
+from training.notices import StudyNotices
+from training.signals import InterruptMonitor, exit_with_launcher
 
 
 logger = logging.getLogger("alta.align")
@@ -105,10 +126,21 @@ class Run:
     total: float
     max_steps: int
     counts: dict[str, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+    trainable: list[tuple[str, torch.nn.Parameter]] = field(default_factory=list)
     state: TrainerState = field(default_factory=TrainerState)
     metrics: dict[str, Any] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
+    skips: StudyNotices = field(default_factory=lambda: StudyNotices("skipping unreadable study", logger))
+    truncations: StudyNotices = field(
+        default_factory=lambda: StudyNotices("report truncated to --max_length tokens", logger)
+    )
+    monitor: InterruptMonitor | None = None
+    consecutive_skipped: int = 0  # micro-batches skipped in a row (on every process)
+    studies_left_out: int = 0  # studies (all processes) in those batches
+    epoch_readable: int = 0
+    epoch_left_out: int = 0
     last_checkpoint: Path | None = None
+    stop_signal: int = 0  # the signal that stopped the run (on any process), 0 if none
     interrupted: bool = False
 
 
@@ -134,6 +166,8 @@ def set_up(model_args: ModelArguments, data_args: DataArguments, args: AlignArgu
     steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise ValueError("Fewer batches per epoch than --gradient_accumulation_steps.")
+    settings = run_settings(args, accelerator.num_processes, dataset)
+    unwrapped = accelerator.unwrap_model(model)
     return Run(
         model_args=model_args,
         data_args=data_args,
@@ -152,6 +186,9 @@ def set_up(model_args: ModelArguments, data_args: DataArguments, args: AlignArgu
         total=args.schedule_steps if args.schedule_steps is not None else args.schedule_epochs * steps_per_epoch,
         max_steps=args.max_steps if args.max_steps is not None else int(args.max_epochs * steps_per_epoch),
         counts=counts,
+        settings=settings,
+        trainable=[(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad],
+        state=TrainerState(settings=settings),
     )
 
 
@@ -183,11 +220,23 @@ def start_logging(run: Run) -> None:
 
 
 def resume(run: Run) -> None:
-    """Load the checkpoint `--resume_from_checkpoint` names (weights, optimizer, RNG states, trainer state)."""
-    if not run.args.resume_from_checkpoint:
+    """Load the checkpoint `--resume_from_checkpoint` names (weights, optimizer, RNG states, trainer state), after
+    checking that it verifies and that the run's settings allow an exact continuation (training/checkpoints.py)."""
+    args, accelerator = run.args, run.accelerator
+    if not args.resume_from_checkpoint:
         return
-    path = resolve_checkpoint(run.args.resume_from_checkpoint, run.args)
-    run.state = load_checkpoint(run.accelerator, path)
+    path = resolve_checkpoint(args.resume_from_checkpoint, args, accelerator.process_index)
+    state = load_checkpoint(accelerator, path)
+    run.state = check_resume_settings(state, run.settings, path, args.allow_inexact_resume)
+    if not run.state.settings:
+        run.state.settings = dict(run.settings)
+    rng_file = path / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file():  # accepted with --allow_inexact_resume only (resolve_checkpoint refuses otherwise)
+        torch.manual_seed(args.seed + accelerator.process_index + 1_000_003 * run.state.global_step)
+        logger.warning(
+            "no random states for process %d in %s: dropout starts from a fresh seed", accelerator.process_index, path
+        )
+    run.last_checkpoint = path
     logger.info("resumed from %s at step %d", path, run.state.global_step)
 
 
@@ -197,7 +246,16 @@ def resume(run: Run) -> None:
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """A non-finite loss, or parameters made non-finite by an update; `poisoned_from` is the first step whose
+    weights are bad (checkpoints from that step on are marked non-finite)."""
+
+    def __init__(self, message: str, poisoned_from: int | None = None) -> None:
+        super().__init__(message)
+        self.poisoned_from = poisoned_from
+
+
+class NoReadableDataError(RuntimeError):
+    """The run found no readable study for `--max_consecutive_skipped_batches` batches (or a whole epoch)."""
 
 
 def forward_backward(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -210,18 +268,28 @@ def forward_backward(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, floa
     finite = accelerator.reduce(finite, reduction="sum") if accelerator.num_processes > 1 else finite
     if float(finite) < accelerator.num_processes:
         details = {k: float(v.detach()) for k, v in losses.items()}
-        raise NonFiniteLossError(f"non-finite loss {details}")
+        # The weights that produced it come from the last update: the checkpoint of that step holds them too.
+        raise NonFiniteLossError(f"non-finite loss {details}", poisoned_from=run.state.global_step)
     accelerator.backward(losses["loss"] / run.args.gradient_accumulation_steps)
     return {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
 
 
 def optimizer_step(run: Run) -> None:
-    """Clip (if asked), step, clear the gradients, clamp the logit scales."""
+    """Clip (if asked), step, clear the gradients, clamp the logit scales; stop if the update made a trainable
+    parameter non-finite (before any checkpoint can hold it)."""
     if run.args.max_grad_norm:
         run.accelerator.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.alta.clamp_logit_scales()
+    if run.trainable:
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in run.trainable])
+        if not bool(finite.all()):
+            bad = [name for (name, _), ok in zip(run.trainable, finite.tolist()) if not ok]
+            raise NonFiniteLossError(
+                f"the update made {len(bad)} parameter(s) non-finite, e.g. {bad[:5]}",
+                poisoned_from=run.state.global_step + 1,
+            )
 
 
 def set_learning_rate(run: Run) -> float:
@@ -236,25 +304,73 @@ def set_learning_rate(run: Run) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _gather_counts(accelerator, values: list[int]) -> torch.Tensor:
+    """`[num_processes, len(values)]`: every process's `values` (one small collective)."""
+    local = torch.tensor([values], dtype=torch.long, device=accelerator.device)
+    return accelerator.gather(local).cpu() if accelerator.num_processes > 1 else local.cpu()
+
+
+def _data_source(data_args: DataArguments) -> str:
+    if data_args.train_csv:
+        root = data_args.image_root or str(Path(data_args.train_csv).resolve().parent)
+        return f"--image_root {root!r} (the paths of --train_csv {data_args.train_csv!r} are relative to it)"
+    return f"--dataset_path {data_args.dataset_path!r}"
+
+
+def _no_readable_data(run: Run, batches: int, skipped: int, reason: str) -> NoReadableDataError:
+    example = run.skips.examples[0] if run.skips.examples else "none on this process"
+    return NoReadableDataError(
+        f"{reason}: {batches} batches in a row ({skipped} studies) had no readable study on at least one process, "
+        f"so the run stopped instead of skipping everything. The images come from {_data_source(run.data_args)}. "
+        f"First unreadable study on process {run.accelerator.process_index}: {example}. Check that the paths exist "
+        "and decode (--max_consecutive_skipped_batches sets the limit)."
+    )
+
+
 def epoch_batches(run: Run):
-    """The current epoch's batches from where the state stands, on the run's device; unreadable studies are
-    recorded (and logged) and batches left empty by them are passed over."""
+    """The current epoch's batches from where the state stands (on the CPU; `_global_studies` holds the number of
+    studies of this micro-batch over all processes).
+
+    Unreadable studies are counted over all processes (`state.skipped_studies`) and each is named once
+    (`run.skips`). A micro-batch in which some process has no readable study is skipped by every process, so all of
+    them take the same steps; too many such batches in a row stop the run (`NoReadableDataError`).
+    """
     accum = run.args.gradient_accumulation_steps
     run.sampler.set_epoch(run.state.epoch, start_batch=run.state.batch_in_epoch * accum)
     run.collator.set_epoch(run.state.epoch)
+    limit = run.data_args.max_consecutive_skipped_batches
     for batch in run.loader:
-        for message in batch.pop("skipped"):
-            run.skipped.append(message)
-            logger.warning("skipping unreadable study: %s", message)
-        if "input_ids" not in batch:  # every study of this micro-batch was unreadable
+        skipped = batch.pop("skipped")
+        run.skips.record(skipped)
+        run.truncations.record(batch.pop("truncated", []))
+        readable = int(batch["input_ids"].shape[0]) if "input_ids" in batch else 0
+        counts = _gather_counts(run.accelerator, [readable, len(skipped)])
+        run.state.skipped_studies += int(counts[:, 1].sum())
+        if int(counts[:, 0].min()) == 0:
+            empty = [r for r in range(counts.shape[0]) if int(counts[r, 0]) == 0]
+            if readable:
+                logger.warning(
+                    "process(es) %s had no readable study in this batch: process %d leaves out its %d readable "
+                    "studies too, so that every process takes the same steps",
+                    empty,
+                    run.accelerator.process_index,
+                    readable,
+                )
+            run.consecutive_skipped += 1
+            run.studies_left_out += int(counts.sum())
+            run.epoch_left_out += int(counts.sum())
+            if run.consecutive_skipped >= limit:
+                raise _no_readable_data(run, run.consecutive_skipped, run.studies_left_out, "No readable data")
             continue
-        yield {k: v.to(run.accelerator.device) for k, v in batch.items()}
+        run.consecutive_skipped = run.studies_left_out = 0
+        run.epoch_readable += int(counts[:, 0].sum())
+        batch["_global_studies"] = int(counts[:, 0].sum())
+        yield batch
 
 
 def log_step(run: Run, step_losses: dict[str, float], lr: float, throughput: float) -> None:
     """Record the step in the trainer state and, every `--logging_steps`, in the trackers."""
     state = run.state
-    state.skipped_studies = len(run.skipped)
     state.losses.append({"step": state.global_step, **step_losses})
     if state.global_step % run.args.logging_steps and state.global_step != run.max_steps:
         return
@@ -289,10 +405,12 @@ def train_epoch(run: Run, progress: Any, clock: tuple[float, int]) -> bool:
     started, samples_at_start = clock
     micro = 0
     for batch in epoch_batches(run):
+        studies = batch.pop("_global_studies")
+        batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
         lr = set_learning_rate(run)
         step_losses = forward_backward(run, batch)
         micro += 1
-        state.samples_seen += batch["input_ids"].shape[0] * run.accelerator.num_processes
+        state.samples_seen += studies
         if micro % accum:
             continue
         optimizer_step(run)
@@ -303,41 +421,72 @@ def train_epoch(run: Run, progress: Any, clock: tuple[float, int]) -> bool:
         progress.set_postfix(loss=f"{step_losses['total_loss']:.4f}", samples_s=f"{throughput:.1f}")
         log_step(run, step_losses, lr, throughput)
         after_step(run)
-        if state.global_step >= run.max_steps or run.interrupted:
+        if state.global_step >= run.max_steps:
+            return False
+        if stop_requested(run):
+            run.interrupted = True
             return False
     return True
 
 
+def stop_requested(run: Run) -> bool:
+    """Whether a signal asked any process to stop (one tiny collective, so that every process stops after the same
+    step); `run.stop_signal` keeps the signal number."""
+    signum = run.monitor.signum if run.monitor is not None and run.monitor.signum else 0
+    if run.accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([signum], dtype=torch.long, device=run.accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    run.stop_signal = signum
+    return signum > 0
+
+
 def train(run: Run) -> float:
-    """The training loop; Ctrl-C (on the main process) stops it after the current step. Returns its seconds."""
+    """The training loop; a signal (see training/signals.py) stops it after the current step. Returns its seconds."""
     from tqdm.auto import tqdm
 
     accelerator, state = run.accelerator, run.state
     progress = tqdm(total=run.max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
-    previous_handler = None
-
-    def on_interrupt(signum, frame):  # noqa: ARG001
-        run.interrupted = True
-
-    if accelerator.is_main_process and hasattr(signal, "SIGINT"):
-        previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     clock = (time.perf_counter(), state.samples_seen)  # for the samples/s of this session
     try:
         run.model.train()
         while state.global_step < run.max_steps and not run.interrupted:
+            started_at_batch = state.batch_in_epoch
+            run.epoch_readable = run.epoch_left_out = 0
             if train_epoch(run, progress, clock):
+                if started_at_batch == 0 and run.epoch_readable == 0:
+                    raise _no_readable_data(
+                        run, len(run.sampler), run.epoch_left_out, f"No readable study in epoch {state.epoch}"
+                    )
                 state.epoch += 1
                 state.batch_in_epoch = 0
     except NonFiniteLossError as err:
-        where = f"; the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else ""
-        raise NonFiniteLossError(
-            f"Stopped at step {state.global_step + 1}: {err}. Nothing was saved for this step{where}."
-        ) from None
+        raise _non_finite(run, err) from None
     finally:
         progress.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
     return time.perf_counter() - clock[0]
+
+
+def _non_finite(run: Run, err: NonFiniteLossError) -> NonFiniteLossError:
+    """The error that ends a run on a non-finite loss or update: checkpoints whose weights led to it are marked (so
+    `latest` skips them) and the last good one is named."""
+    step = run.state.global_step + 1
+    poisoned_from = err.poisoned_from if err.poisoned_from is not None else step
+    marked = []
+    if run.accelerator.is_main_process:
+        marked = mark_non_finite(run.args, poisoned_from, f"stopped at step {step}: {err}")
+    good = [
+        p
+        for p in complete_checkpoints(run.args)
+        if checkpoint_step(p) < poisoned_from and not (p / NON_FINITE_FILE).is_file()
+    ]
+    message = f"Stopped at step {step}: {err}. Nothing was saved for this step"
+    if marked:
+        message += f"; marked {[p.name for p in marked]} non-finite (their weights led here), so `latest` skips them"
+    message += f"; the last good checkpoint is {good[-1]}" if good else "; no checkpoint of this run is known good"
+    return NonFiniteLossError(message + ".", poisoned_from=poisoned_from)
 
 
 def validate(model, processor, data_args: DataArguments, accelerator, step: int) -> dict[str, float]:
@@ -355,7 +504,7 @@ def validate(model, processor, data_args: DataArguments, accelerator, step: int)
     classifier = ZeroShotClassifier(model, processor, {label: [label.lower()] for label in labels})
     studies = [{v: row[v] for v in STUDY_SLOTS} for row in dataset]
     with torch.no_grad():
-        predicted = classifier.predict(studies).labels
+        predicted = classifier.predict(studies, progress=False).labels
     accuracy = sum(p == y for p, y in zip(predicted, dataset["label"])) / max(len(dataset), 1)
     accelerator.log({"val/zero_shot_accuracy": accuracy}, step=step)
     logger.info("step %d: zero-shot validation accuracy %.4f", step, accuracy)
@@ -381,19 +530,29 @@ def loss_curve(losses: list[dict[str, float]], window: int) -> list[dict[str, fl
 def summarize(run: Run, train_seconds: float) -> dict[str, Any]:
     """The run's results (also written to `model/train_results.json`)."""
     state = run.state
-    state.skipped_studies = len(run.skipped)
-    if run.skipped:
-        logger.warning("skipped %d unreadable studies in this run: %s", len(run.skipped), run.skipped[:10])
+    for notices in (run.skips, run.truncations):
+        line = notices.summary()
+        if line:
+            logger.warning(line)
+    if state.skipped_studies:
+        logger.warning(
+            "%d studies were left out of batches over the whole run (all processes, resumes included)",
+            state.skipped_studies,
+        )
     return {
         "global_step": state.global_step,
         "samples_seen": state.samples_seen,
         "train_seconds": train_seconds,
         "skipped_studies": state.skipped_studies,
+        "skipped_examples": run.skips.examples,
+        "truncated_reports": len(run.truncations.studies),
+        "truncated_examples": run.truncations.examples,
         "trainable_parameters": run.counts["trainable"],
         "total_parameters": run.counts["total"],
         "final_losses": state.losses[-1] if state.losses else {},
         "loss_curve": loss_curve(state.losses, run.args.logging_steps),
         "interrupted": run.interrupted,
+        "exit_code": 128 + run.stop_signal if run.interrupted else 0,
         **run.metrics,
     }
 
@@ -401,45 +560,72 @@ def summarize(run: Run, train_seconds: float) -> dict[str, Any]:
 def export(run: Run, result: dict[str, Any]) -> Path:
     """Write `OUTPUT/model/` once (training/export.py): the model with its code, the processor, a card, the run's
     results; the adapter set in `alta_adapter/` (ALTA runs with `--save_adapter`) or PEFT's files in
-    `peft_adapter/` (lora/ia3, beside the merged model); push that folder when `--push_to_hub`."""
-    from training.export import export_model
+    `peft_adapter/` (lora/ia3, beside the merged model); push that folder when `--push_to_hub`.
+
+    The folder is written under a staging name and renamed into place when complete, so a run killed during the
+    export leaves no `model/` that loads half-written (and a previous complete `model/` stays until replaced).
+    """
+    from processing.atomic import staged_directory
+    from training.export import export_model, push_folder
 
     out = Path(run.args.output_dir) / "model"
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         method = run.model_args.adapter
-        export_model(
-            accelerator.unwrap_model(run.model),
-            run.processor,
-            out,
-            push_to_hub=run.args.push_to_hub,
-            repo_id=run.args.hub_model_id,
-            adapter_method=method,
-            save_alta_adapter=run.args.save_adapter and method == "alta",
-            peft_export="merged",
-            extra_files={"train_results.json": json.dumps(result, indent=1, default=str)},
-        )
+        with staged_directory(out) as staged:
+            export_model(
+                accelerator.unwrap_model(run.model),
+                run.processor,
+                staged,
+                repo_id=run.args.hub_model_id,
+                adapter_method=method,
+                save_alta_adapter=run.args.save_adapter and method == "alta",
+                peft_export="merged",
+                extra_files={"train_results.json": json.dumps(result, indent=1, default=str)},
+            )
+        if run.args.push_to_hub:
+            push_folder(out, run.args.hub_model_id)
     accelerator.wait_for_everyone()
     return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run `align.py`; returns the run's results, with `exit_code` (0, or 130 / 143 for a run stopped by SIGINT /
+    SIGTERM) that the command line exits with."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     model_args, data_args, args = parse_args(argv)
+    exit_with_launcher()  # before the slow set-up: a launcher killed meanwhile takes this process with it
     run = set_up(model_args, data_args, args)
     resume(run)
     start_logging(run)
-    train_seconds = train(run)
-    if run.interrupted:
-        path = save_checkpoint(run.accelerator, run.state, args)
-        logger.warning("interrupted: saved %s; resume with --resume_from_checkpoint latest", path)
-    result = summarize(run, train_seconds)
-    if not run.interrupted:
-        result["model_dir"] = str(export(run, result))
-    run.accelerator.end_training()
+    # From here a signal stops the run cleanly (before, Ctrl-C interrupts the set-up as usual: nothing to save).
+    run.monitor = InterruptMonitor().install()
+    try:
+        train_seconds = train(run)
+        if run.interrupted:
+            step = run.state.global_step
+            path = run.last_checkpoint
+            if path is None or checkpoint_step(path) != step:
+                path = save_checkpoint(run.accelerator, run.state, args)
+            logger.warning(
+                "interrupted (%s) at step %d: saved %s; resume with --resume_from_checkpoint latest",
+                signal.Signals(run.stop_signal).name,
+                step,
+                path,
+            )
+        else:
+            run.monitor.phase = "export"  # the run has finished: a signal no longer stops it
+        result = summarize(run, train_seconds)
+        if not run.interrupted:
+            result["model_dir"] = str(export(run, result))
+            if run.monitor.requested:
+                logger.warning("a signal arrived after the last step: the run finished and its export completed")
+        run.accelerator.end_training()
+    finally:
+        run.monitor.uninstall()
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main()["exit_code"])

@@ -74,6 +74,13 @@ class DataArguments:
         default=None, metadata={"help": "The reference's train.csv layout (image_path, ..., report; -1 = missing)."}
     )
     image_root: str | None = field(default=None, metadata={"help": "Root that train.csv paths are relative to."})
+    allow_absolute_image_paths: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept absolute image paths in --train_csv (by default every path must be relative and stay "
+            "inside --image_root)."
+        },
+    )
     validation_path: str | None = field(
         default=None,
         metadata={"help": "A `datasets` folder with a `label` column for periodic zero-shot validation."},
@@ -81,10 +88,23 @@ class DataArguments:
     validation_split: str = field(default="validation", metadata={"help": "Split of the validation DatasetDict."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N studies."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    max_consecutive_skipped_batches: int = field(
+        default=20,
+        metadata={
+            "help": "Stop the run when this many batches in a row had to be skipped (no readable study on some "
+            "process): a wrong --image_root or an unmounted folder fails fast instead of skipping every study."
+        },
+    )
     max_length: int = field(default=128, metadata={"help": "Report length in tokens."})
     mlm_probability: float = field(default=0.5, metadata={"help": "Share of report tokens masked for MLM."})
     augment: bool = field(default=True, metadata={"help": "Random affine + jitter (shared current/prior draws)."})
     shuffle_reports: bool = field(default=True, metadata={"help": "Shuffle report sentences (as the reference)."})
+
+    def __post_init__(self) -> None:
+        if self.max_consecutive_skipped_batches < 1:
+            raise ValueError(
+                f"--max_consecutive_skipped_batches must be >= 1; got {self.max_consecutive_skipped_batches}."
+            )
 
 
 @dataclass
@@ -125,9 +145,25 @@ class AlignArguments:
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients (the reference does not)."})
     cpu: bool = field(default=False, metadata={"help": "Force CPU (also needed for multi-process CPU runs)."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps."})
-    checkpoints_total_limit: int | None = field(default=3, metadata={"help": "Keep only the last K checkpoints."})
+    checkpoints_total_limit: int | None = field(
+        default=3,
+        metadata={
+            "help": "Keep only the last K checkpoints (and, with K = 1, also the one before: the newest whose weights "
+            "are known to give a finite loss)."
+        },
+    )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' (in output_dir/checkpoints) or a checkpoint folder."}
+        default=None,
+        metadata={
+            "help": "'latest' (the newest checkpoint in output_dir/checkpoints that verifies) or a checkpoint folder."
+        },
+    )
+    allow_inexact_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume even when the run would not continue exactly: another per-device batch size, number of "
+            "processes, gradient accumulation, seed or dataset, or missing random states (refused by default)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Data order, augmentation, masking: all derive from it."})
     logging_steps: int = field(default=10, metadata={"help": "Log to trackers every N steps."})
@@ -146,5 +182,7 @@ class AlignArguments:
                 "--per_device_train_batch_size and --gradient_accumulation_steps must be >= 1; got "
                 f"{self.per_device_train_batch_size} and {self.gradient_accumulation_steps}."
             )
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 0:
+            raise ValueError(f"--checkpoints_total_limit must be >= 0; got {self.checkpoints_total_limit}.")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"--mask_ratio must be in (0, 1); got {self.mask_ratio}.")

@@ -143,9 +143,11 @@ def load_processor(source: str, config, max_length: int | None = None):
     """
     from transformers import BertTokenizer
 
+    from modeling_alta.configuration_alta import check_pretrained_source
     from modeling_alta.image_processing_alta import AltaImageProcessor
     from modeling_alta.processing_alta import AltaProcessor
 
+    check_pretrained_source(source, "tokenizer")
     folder = Path(source)
     if (folder / "processor_config.json").is_file():
         processor = AltaProcessor.from_pretrained(source)

@@ -18,7 +18,11 @@ def load_train_dataset(data_args: DataArguments):
     if data_args.dataset_path:
         dataset = load_study_dataset(data_args.dataset_path, split=data_args.dataset_split)
     elif data_args.train_csv:
-        dataset = dataset_from_reference_csv(data_args.train_csv, image_root=data_args.image_root)
+        dataset = dataset_from_reference_csv(
+            data_args.train_csv,
+            image_root=data_args.image_root,
+            allow_absolute_paths=data_args.allow_absolute_image_paths,
+        )
     else:
         raise ValueError("Give training data: --dataset_path (datasets folder / Hub id) or --train_csv.")
     if data_args.max_train_samples is not None:

@@ -268,13 +268,26 @@ def export_model(
 
     result = ExportResult(output_dir=out, files=sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()))
     if push_to_hub:
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        commit = api.upload_folder(
-            folder_path=str(out), repo_id=repo_id, commit_message=commit_message or f"Upload {out.name}"
-        )
-        result.commit_url = str(commit)
+        result.commit_url = push_folder(out, repo_id, private=private, token=token, commit_message=commit_message)
     return result
 
 
-__all__ = ["ExportResult", "build_model_card", "export_model", "parameter_counts"]
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a folder written by `export_model` to `repo_id` (created if needed) in one commit; returns its URL."""
+    folder = Path(folder)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message=commit_message or f"Upload {folder.name}"
+    )
+    return str(commit)
+
+
+__all__ = ["ExportResult", "build_model_card", "export_model", "parameter_counts", "push_folder"]

@@ -140,7 +140,12 @@ def test_chexpert_5x200_format_errors_name_the_row(model_dir, chexpert_5x200, tm
     csv.writer(bad_csv.open("w", newline="")).writerows(bad)
     with pytest.raises(ValueError, match=r"two_positives.csv data row 3: needs exactly one positive"):
         main(["chexpert5x200-zeroshot", "--model", str(model_dir), "--csv", str(bad_csv), "--data-root", str(root)])
-    with pytest.raises(FileNotFoundError, match=r"data row 1: image 'CheXpert-v1.0-small/train/patient00000"):
+    # a wrong --data-root: nothing readable, said at once with the root and the first rows and files
+    with pytest.raises(
+        ValueError,
+        match=r"no readable image among the 10 CheXpert 5x200 images \(--data-root /nonexistent\): .*data row 1: "
+        r"/nonexistent/CheXpert-v1.0-small/train/patient00000/study1/view1_frontal.jpg: FileNotFoundError",
+    ):
         main(
             [
                 "chexpert5x200-zeroshot",

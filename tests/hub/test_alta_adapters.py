@@ -227,3 +227,84 @@ def test_inference_model_adapter_loads_onto_the_pretraining_model(tmp_path):
     assert keys == {k.removeprefix("alta.") for k in full.alta_trainable_parameters() if k.startswith("alta.")}
     full.load_alta_adapter(tmp_path)  # the decoder/MLM parts keep their own values; the base-model part loads
     assert torch.equal(features(full), features(bare))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tampering, malformed configs, cast bases, mistyped folders (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_tampered_adapter_cannot_overwrite_frozen_base_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    model = make_model()
+    train_adapter_set(model, seed=1)
+    model.save_alta_adapter(tmp_path)
+    weights = tmp_path / ALTA_ADAPTER_WEIGHTS_NAME
+    tensors = _read(weights)
+    target = "vision_model.layers.0.attn.qkv.weight"
+    base = make_model()
+    frozen = base.alta.vision_model.layers[0].attn.qkv.weight
+    tensors[target] = torch.zeros_like(frozen)  # the probe's payload: zero a frozen attention matrix
+    save_file(tensors, str(weights), metadata={"format": "pt", "adapter_format": "alta"})
+    before = frozen.detach().clone()
+    with pytest.raises(
+        ValueError, match=rf"outside its declared trainable set .*\['{target}'\].*never the frozen base"
+    ):
+        base.load_alta_adapter(tmp_path)
+    assert torch.equal(frozen, before) and base.list_alta_adapters() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("towers", 5, r"field 'towers' must be a list of \['vision', 'text'\]; got 5"),
+        ("towers", ["vision", "audio"], r"field 'towers' must be a list of"),
+        ("trainable_groups", "adapters", r"field 'trainable_groups' must be a list of \['adapters'"),
+        ("tower_bottleneck_sizes", [16, 16], r"field 'tower_bottleneck_sizes' must be an object"),
+        ("format_version", "1", r"field 'format_version' must be an integer; got '1'"),
+        ("mlp_scale", "half", r"field 'mlp_scale' must be a number; got 'half'"),
+        ("layers", "all", r"field 'layers' must be null or a list of ints; got 'all'"),
+        ("base_model_fingerprint", {"structure": 3, "weights": "x"}, r"'base_model_fingerprint.structure' must be"),
+        ("bottleneck_ratio", 0, r"`bottleneck_ratio` must be in \(0, 4\]; got 0"),
+        ("trainable_groups", None, r"field 'trainable_groups' is missing"),
+    ],
+)
+def test_adapter_config_fields_are_validated_by_name(tmp_path, field, value, message):
+    make_model().save_alta_adapter(tmp_path)
+    path = tmp_path / ALTA_ADAPTER_CONFIG_NAME
+    data = json.loads(path.read_text())
+    if value is None:
+        del data[field]
+    else:
+        data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{path}: .*{message}"):
+        make_model().load_alta_adapter(tmp_path)
+
+
+def test_verify_base_weights_false_loads_onto_a_bfloat16_base(tmp_path, caplog):
+    model = make_model()
+    train_adapter_set(model, seed=1)
+    model.save_alta_adapter(tmp_path)
+    expected = features(model)
+    cast = make_model().to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"other base weights.*cast dtype.*verify_base_weights=False"):
+        cast.load_alta_adapter(tmp_path)
+    cast.load_alta_adapter(tmp_path, verify_base_weights=False)  # as documented
+    assert cast.active_alta_adapter == "default"
+    assert any("Loading anyway (verify_base_weights=False)" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(features(cast).float(), expected, atol=0.1, rtol=0.05)
+    assert not torch.allclose(features(make_model().to(torch.bfloat16)).float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_a_mistyped_folder_says_it_does_not_exist(tmp_path):
+    model = make_model()
+    with pytest.raises(FileNotFoundError, match=r"ALTA adapter folder '\./no-such-adapter' does not exist"):
+        model.load_alta_adapter("./no-such-adapter")
+    with pytest.raises(FileNotFoundError, match=r"no local folder of that name .* could not be fetched from the Hub"):
+        model.load_alta_adapter("someone/no-such-adapter")  # tests run offline: not on the Hub either
+    with pytest.raises(FileNotFoundError, match=rf"model folder '{tmp_path}/typo/model' does not exist"):
+        AltaModel.from_pretrained(tmp_path / "typo" / "model")
+    with pytest.raises(FileNotFoundError, match=r"model 'someone/no-such-model': there is no local folder .* Hub"):
+        AltaModel.from_pretrained("someone/no-such-model")

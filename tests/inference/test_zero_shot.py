@@ -130,3 +130,126 @@ def test_predict_accepts_batches_of_any_iterable(model_and_processor, real_cxr_d
     assert torch.equal(clf.predict(tuple(paths)).logits, batch)
     assert torch.equal(clf.predict(p for p in paths).logits, batch)  # any iterable, e.g. a `datasets` column
     torch.testing.assert_close(clf.predict(Image.open(paths[0])).logits, batch[:1], atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The class-embedding cache (issue 12): keyed on everything that changes the text embedding, verified on load, safe
+# for concurrent writers
+# ---------------------------------------------------------------------------------------------------------------
+
+PROMPTS = {"effusion": ["pleural effusion", "small left pleural effusion"], "normal": ["lungs are clear"]}
+
+
+def test_class_embeddings_follow_the_adapter_state_in_memory_and_on_disk(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    clf = ZeroShotClassifier(model, processor, PROMPTS, cache_dir=tmp_path)
+    with_adapters = clf.class_embeddings.clone()
+    model.disable_alta_adapters()
+    try:
+        backbone = clf.compute_class_embeddings()
+        assert not torch.allclose(backbone, with_adapters, atol=1e-3)  # the adapters matter for this text tower
+        torch.testing.assert_close(clf.class_embeddings, backbone)  # the same instance notices the switch
+        fresh = ZeroShotClassifier(model, processor, PROMPTS, cache_dir=tmp_path)
+        torch.testing.assert_close(fresh.class_embeddings, backbone)  # and the file of the other state is not used
+        assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    finally:
+        model.enable_alta_adapters()
+    torch.testing.assert_close(clf.class_embeddings, with_adapters)
+
+
+def test_in_place_weight_changes_invalidate_the_embeddings(model_and_processor, monkeypatch):
+    model, processor = model_and_processor
+    clf = ZeroShotClassifier(model, processor, PROMPTS)
+    before = clf.class_embeddings.clone()
+    calls = _count_text_calls(model, monkeypatch)
+    clf.class_embeddings  # noqa: B018
+    assert calls == []  # unchanged model: kept
+    weight = model.text_projection.dense_to_output.weight
+    with torch.no_grad():
+        weight.mul_(2.0)  # e.g. an optimizer step
+    try:
+        after = clf.class_embeddings
+        assert calls and not torch.allclose(after, before)
+    finally:
+        with torch.no_grad():
+            weight.div_(2.0)
+
+
+def test_the_key_covers_config_and_tokenizer(model_and_processor):
+    model, processor = model_and_processor
+    key = ZeroShotClassifier(model, processor, PROMPTS).cache_key()
+    config = model.config.text_config
+    previous = config.hidden_act
+    config.hidden_act = "relu"
+    try:
+        assert ZeroShotClassifier(model, processor, PROMPTS).cache_key() != key
+    finally:
+        config.hidden_act = previous
+    tokenizer = processor.tokenizer
+    lower = tokenizer.do_lower_case
+    try:
+        tokenizer.do_lower_case = not lower
+        assert ZeroShotClassifier(model, processor, PROMPTS).cache_key() != key
+    finally:
+        tokenizer.do_lower_case = lower
+    assert ZeroShotClassifier(model, processor, PROMPTS).cache_key() == key
+
+
+def test_a_planted_or_damaged_cache_file_is_not_used(model_and_processor, tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    model, processor = model_and_processor
+    clf = ZeroShotClassifier(model, processor, PROMPTS, cache_dir=tmp_path)
+    expected = clf.compute_class_embeddings()
+    key = clf.cache_key()
+    path = clf._cache_file(key)
+    planted = torch.nn.functional.normalize(torch.randn(2, expected.shape[1]), dim=-1)
+    cases = {
+        "written for another model": {"class_names": '["effusion", "normal"]', "key": "0" * 64},
+        "no key at all": {"class_names": '["effusion", "normal"]'},
+    }
+    for reason, metadata in cases.items():
+        save_file({"class_embeddings": planted}, str(path), metadata=metadata)
+        caplog.clear()
+        got = ZeroShotClassifier(model, processor, PROMPTS, cache_dir=tmp_path).class_embeddings
+        torch.testing.assert_close(got, expected, msg=reason)
+        assert any(f"class-embedding cache {path} is not used" in r.getMessage() for r in caplog.records), reason
+    path.write_bytes(path.read_bytes()[:50])  # truncated
+    torch.testing.assert_close(
+        ZeroShotClassifier(model, processor, PROMPTS, cache_dir=tmp_path).class_embeddings, expected
+    )
+    assert load_file(str(path))["class_embeddings"].shape == expected.shape  # replaced by a good file
+
+
+def test_concurrent_cache_writers_never_fail(model_and_processor, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, processor = model_and_processor
+    key = ZeroShotClassifier(model, processor, PROMPTS).cache_key()
+    embeds = ZeroShotClassifier(model, processor, PROMPTS).compute_class_embeddings()
+
+    def rebuild(worker: int) -> int:
+        clf = ZeroShotClassifier(model, processor, PROMPTS, cache_dir=tmp_path)
+        for _ in range(40):
+            clf._store(clf._cache_file(key), key, embeds)  # what every process writing the cache does at once
+            assert clf._load_cached(clf._cache_file(key), key) is not None  # readers never see half a file
+        return worker
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(rebuild, range(8))) == list(range(8))
+    assert [p.name for p in tmp_path.iterdir()] == [f"alta-class-embeddings-{key[:32]}.safetensors"]
+
+
+def test_predict_shows_progress_and_names_the_failing_batch(model_and_processor, real_cxr_dir, tmp_path, capsys):
+    model, processor = model_and_processor
+    paths = sorted((real_cxr_dir / "nih").glob("*.png"))[:3]
+    clf = ZeroShotClassifier(model, processor, "demo", clean_text=False)
+    clf.predict(paths, batch_size=1)
+    err = capsys.readouterr().err
+    assert "zero-shot" in err and "3/3" in err  # a tqdm bar (with its time estimate)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match=r"in the batch of items 2\.\.2: image 0: .*broken\.png"):
+        clf.predict([*paths[:2], broken], batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="`images` is empty"):
+        clf.predict([])

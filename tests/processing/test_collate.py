@@ -22,6 +22,7 @@ EXPECTED_KEYS = {
     "mlm_input_ids",
     "mlm_labels",
     "skipped",
+    "truncated",
 }
 REPORT = "The lungs are clear. No pneumothorax. Heart size normal. Mild bibasilar atelectasis."
 
@@ -90,7 +91,7 @@ def test_mlm_rule_masks_half_of_the_non_special_tokens(processor):
 def test_seeded_and_reproducible(processor):
     first, second = AltaPretrainingCollator(processor, seed=5), AltaPretrainingCollator(processor, seed=5)
     a, b = first(_samples()), second(_samples())
-    for key in EXPECTED_KEYS - {"skipped"}:
+    for key in EXPECTED_KEYS - {"skipped", "truncated"}:
         assert torch.equal(a[key], b[key]), key
     # the same call again gives the same batch: a study's draws depend on (seed, epoch, index) only
     again = first(_samples())
@@ -140,8 +141,19 @@ def test_unreadable_samples_are_skipped_and_named(processor, tmp_path):
     assert skipped[3] == "study index 9: frontal: missing (required view)"
     assert skipped[4].startswith("study index 10: 'report' must be a non-empty string")
     assert AltaPretrainingCollator(processor)([None, {"index": 3, "valid": False, "error": "e"}]) == {
-        "skipped": ["sample 0: sample is None", "study index 3: e"]
+        "skipped": ["sample 0: sample is None", "study index 3: e"],
+        "truncated": [],
     }
+
+
+def test_truncated_reports_are_listed_by_study_not_logged(processor, caplog):
+    long_report = " ".join(["Mild bibasilar atelectasis."] * 20)
+    samples = _samples()
+    samples[1] = {**samples[1], "index": 41, "report": long_report}
+    batch = AltaPretrainingCollator(processor, max_length=32, shuffle_reports=False)(samples)
+    assert len(batch["truncated"]) == 1
+    assert batch["truncated"][0].startswith("study index 41 (") and batch["truncated"][0].endswith(" tokens)")
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]  # the training loop reports them
 
 
 def test_structural_errors_name_the_sample(processor):

@@ -139,3 +139,54 @@ def test_processor_errors_name_the_study_and_view(tmp_path):
         processor([{"frontal": good}, {"frontal": good, "lateral": bad}])
     with pytest.raises(ValueError, match=r"image 0: PIL image LAB 8x8: unsupported image mode 'LAB'"):
         processor([Image.new("LAB", (8, 8))])
+
+
+# ------------------------------------------------------------------------------------------------ size limits
+
+
+def _declare_size(path, rows: int, columns: int) -> None:
+    """Rewrite a small DICOM's header to declare another size; the pixel data stays the few bytes it was."""
+    dataset = pydicom.dcmread(path)
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def test_an_oversized_dicom_is_refused_before_decoding(tmp_path):
+    from modeling_alta.cxr_io_alta import ImageTooLargeError
+
+    path = write_dicom(tmp_path / "bomb.dcm", np.zeros((4, 4), np.uint8))
+    _declare_size(path, 15000, 15000)  # 2.4 GB as uint16 if decoded; the file is a few hundred bytes
+    assert path.stat().st_size < 2000
+    with pytest.raises(
+        ImageTooLargeError, match=r"bomb\.dcm'?: the DICOM declares 15000x15000 pixels \(225,000,000\)"
+    ):
+        load_image(path)
+    with pytest.raises(Image.DecompressionBombError, match=r"twice PIL.Image.MAX_IMAGE_PIXELS \(89,478,485\)"):
+        read_dicom(path)  # also what PIL's own guard raises, for code that catches that
+    with pytest.raises(ValueError, match=r"study 0 view 'frontal': .*bomb\.dcm.*refused before decoding"):
+        AltaImageProcessor()([{"frontal": path}])
+
+
+def test_the_dicom_limit_follows_pils_setting(tmp_path, monkeypatch):
+    from modeling_alta.cxr_io_alta import ImageTooLargeError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    warned = write_dicom(tmp_path / "12.dcm", np.full((12, 12), 7, np.uint8))  # 144 pixels: over the limit
+    with pytest.warns(Image.DecompressionBombWarning, match=r"12\.dcm.*12x12 pixels \(144\)"):
+        assert load_image(warned).size == (12, 12)
+    with pytest.raises(ImageTooLargeError, match=r"15x15 pixels \(225\), more than twice .* \(100\)"):
+        load_image(write_dicom(tmp_path / "15.dcm", np.zeros((15, 15), np.uint8)))
+    png = tmp_path / "15.png"
+    Image.fromarray(np.zeros((15, 15), np.uint8)).save(png)
+    with pytest.raises(ImageTooLargeError, match=r"15\.png'?: refused before decoding"):  # PNG: PIL's own guard
+        load_image(png)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no limit, as in PIL
+    assert load_image(tmp_path / "15.dcm").size == (15, 15)
+
+
+def test_a_tiny_image_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"image 1: numpy array uint8 \(3, 3\) is 3x3 pixels, smaller than min_image_size=16"
+    ):
+        AltaImageProcessor()([np.zeros((64, 64), np.uint8), np.zeros((3, 3), np.uint8)])
+    assert AltaImageProcessor(min_image_size=1)([np.zeros((3, 3), np.uint8)])["pixel_values"].shape == (1, 3, 224, 224)

@@ -296,7 +296,9 @@ def test_reference_csv(tmp_path: Path):
             [str(root / "img" / "f2.jpg"), "-1", "-1", "-1", "Absolute path."],
         ],
     )
-    ds = dataset_from_reference_csv(csv_path, image_root=root)
+    with pytest.raises(ValueError, match=r"line 4, column 'image_path': image path .*f2.jpg' is absolute"):
+        dataset_from_reference_csv(csv_path, image_root=root)  # paths stay inside the root unless allowed
+    ds = dataset_from_reference_csv(csv_path, image_root=root, allow_absolute_paths=True)
     assert ds.features == study_features()
     assert len(ds) == 3
     assert [ds[i]["lateral"] is None for i in range(3)] == [False, True, True]
@@ -304,11 +306,34 @@ def test_reference_csv(tmp_path: Path):
     assert ds[1]["report"] == "Cardiomegaly."
     # the default root is the CSV's folder: the relative paths then do not exist, which check_files reports
     with pytest.raises(FileNotFoundError, match=r"line 2 \(row 0\), column 'image_path'"):
-        read_reference_csv(csv_path, check_files=True)
+        read_reference_csv(csv_path, check_files=True, allow_absolute_paths=True)
     # int -1 as parsed by pandas from an all-numeric column
     numeric = tmp_path / "numeric.csv"
     _write_reference_csv(numeric, [["img/f0.jpg", -1, -1, -1, "r"]])
     assert read_reference_csv(numeric, root).rows[0]["lateral"] is None
+
+
+def test_reference_csv_faults_name_the_file_and_lines(tmp_path: Path):
+    escaping = _write_reference_csv(tmp_path / "escape.csv", [["../../../../etc/passwd", "-1", "-1", "-1", "r"]])
+    with pytest.raises(ValueError, match=r"escape.csv' line 2, column 'image_path': image path '\.\./\.\./\.\./\.\./etc/"
+                       r"passwd' leaves the image root"):  # fmt: skip
+        read_reference_csv(escaping, tmp_path / "root")
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("image_path,auxview_image_path,last_image_path,last_auxview_image_path,report\n"
+                      "a.jpg,-1,-1,-1,Épanchement\n".encode("latin-1"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"latin1.csv': not UTF-8 text"):
+        read_reference_csv(latin)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty.csv': empty file"):
+        read_reference_csv(empty)
+    twice = tmp_path / "twice.csv"
+    twice.write_text(
+        "image_path,auxview_image_path,last_image_path,last_auxview_image_path,report,study_id\n"
+        "a.jpg,-1,-1,-1,r,s1\nb.jpg,-1,-1,-1,r,s2\nc.jpg,-1,-1,-1,r,s1\n"
+    )
+    with pytest.raises(ValueError, match=r"twice.csv': study_id 's1' appears twice, on lines 2 and 4"):
+        read_reference_csv(twice)
 
 
 def test_reference_csv_missing_frontal(tmp_path: Path):
