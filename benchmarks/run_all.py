@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("bench_inference.py", "bench_training.py", "bench_zeroshot.py", "bench_preprocess.py")
+SCRIPTS = ("bench_inference.py", "bench_training.py", "bench_zeroshot.py", "bench_preprocess.py", "bench_embed.py")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """inference package (repository-level; not shipped to the Hub): using an ALTA model on your data.
 
 - `inference.embedding`: embed images, studies and reports (in memory or into an on-disk store);
-- `inference.store`: the sharded on-disk `EmbeddingStore`;
-- `inference.search`: exact top-k search over in-memory or on-disk galleries;
+- `inference.embed_archive` (`alta-embed`): a DICOM tree, image folder, reference CSV or `datasets` dataset into a
+  store, on one process or many (`accelerate launch`), resumable after a crash;
+- `inference.store`: the sharded on-disk `EmbeddingStore` (atomic shards and index, several writers, confined paths);
+- `inference.search`: exact top-k search over in-memory or on-disk galleries, within a memory budget;
 - `inference.zero_shot`: zero-shot classification with prompt ensembles, class embeddings computed once;
 - `inference.heatmaps`: word-to-patch similarity maps;
 - `inference.onnx_export` (`alta-export-onnx`) and `inference.onnx_encoder`: the towers as ONNX files, and embedding

@@ -11,7 +11,9 @@ Embedding conventions (alta_reference.md §8):
   (`clean_text=True` applies the reference's `process_text`; `truncation=False` pads to the longest text instead of
   cutting, as the reference's retrieval scripts do).
 
-Embeddings are returned L2-normalised unless `normalize=False` (prompt ensembles need the unnormalised ones).
+Embeddings are returned L2-normalised unless `normalize=False` (prompt ensembles need the unnormalised ones). Calls of
+more than one batch show a progress bar with the rate and the time left (tqdm, on the main process only; pass
+`progress=False` to hide it). A whole archive, on one process or many, is `alta-embed` (`inference.embed_archive`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_alta.modeling_alta import unwrap_alta_model
+from modeling_alta.pipeline_alta import pooled_embeddings
 from modeling_alta.processing_alta import DEFAULT_MAX_LENGTH, encode_texts
 
 from .store import EmbeddingStore, EmbeddingStoreWriter, Id
@@ -114,6 +117,21 @@ def _batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + batch_size]
 
 
+def is_main_process() -> bool:
+    """True on the process that reports: rank 0 of an initialised process group, else `RANK` (set by
+    `accelerate launch` and `torchrun`) 0 or unset."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True) -> Any:
+    """A tqdm bar (rate and time left) over `total` units, shown only on the main process and when `enabled`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and is_main_process()), dynamic_ncols=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Images and studies
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,6 +157,7 @@ def embed_images(
     batch_size: int = 32,
     normalize: bool = True,
     dicom_rule: str | None = None,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Embed images (single-frontal path) or studies (multiview/temporal path with `view_mask`).
 
@@ -150,6 +169,7 @@ def embed_images(
         batch_size: images or studies per forward.
         normalize: L2-normalise the embeddings (cosine retrieval); `False` returns the raw projections.
         dicom_rule: `"rsna"` for the reference's RSNA DICOM rule, else the processor's default.
+        progress: show a progress bar (main process only) when there is more than one batch.
 
     Returns:
         float32 `[N, P]` on the CPU.
@@ -157,21 +177,25 @@ def embed_images(
     model = unwrap_alta_model(model, "dual_encoder")
     device = _device(model)
     if isinstance(images, torch.Tensor):
+        total = len(images)
         batches: Iterable[dict[str, torch.Tensor]] = ({"pixel_values": b} for b in images.split(batch_size))
     else:
         images = list(images)
         if not images:
             raise ValueError("`images` is empty; nothing to embed")
+        total = len(images)
         batches = (pixel_inputs(processor, batch, dicom_rule) for batch in _batches(images, batch_size))
     out = []
-    for inputs in batches:
-        view_mask = inputs.get("view_mask")
-        feats = model.get_image_features(
-            inputs["pixel_values"].to(device),
-            view_mask=view_mask.to(device) if view_mask is not None else None,
-            return_dict=True,
-        ).pooler_output
-        out.append(feats.float().cpu())
+    with progress_bar(total, "embedding images", "img", progress and total > batch_size) as bar:
+        for inputs in batches:
+            view_mask = inputs.get("view_mask")
+            feats = model.get_image_features(
+                inputs["pixel_values"].to(device),
+                view_mask=view_mask.to(device) if view_mask is not None else None,
+                return_dict=True,
+            )
+            out.append(pooled_embeddings(feats).float().cpu())
+            bar.update(len(inputs["pixel_values"]))
     embeds = torch.cat(out)
     return F.normalize(embeds, dim=-1) if normalize else embeds
 
@@ -202,6 +226,7 @@ def embed_texts(
     max_length: int | None = None,
     clean_text: bool = False,
     truncation: bool = True,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Embed reports or prompts: projected [CLS] features.
 
@@ -211,6 +236,7 @@ def embed_texts(
             (`processor.max_length`).
         clean_text, truncation: see `modeling_alta.processing_alta.encode_texts`.
         normalize: L2-normalise (reports and queries); `False` for prompt-ensemble means.
+        progress: show a progress bar (main process only) when there is more than one batch.
 
     Returns:
         float32 `[N, P]` on the CPU.
@@ -223,24 +249,26 @@ def embed_texts(
         raise ValueError("`texts` is empty; nothing to embed")
     device = _device(model)
     out = []
-    for batch in _batches(items, batch_size):
-        enc = encode_texts(
-            tokenizer,
-            batch,
-            length,
-            truncation=truncation,
-            clean_text=clean_text,
-            allow_empty=True,
-            return_tensors="pt",
-        )
-        limit = model.config.text_config.max_position_embeddings
-        if enc["input_ids"].shape[1] > limit:
-            raise ValueError(
-                f"a text in this batch has {enc['input_ids'].shape[1]} tokens, more than the model's "
-                f"{limit} positions; starts {batch[int(enc['attention_mask'].sum(1).argmax())][:60]!r}"
+    with progress_bar(len(items), "embedding texts", "text", progress and len(items) > batch_size) as bar:
+        for batch in _batches(items, batch_size):
+            enc = encode_texts(
+                tokenizer,
+                batch,
+                length,
+                truncation=truncation,
+                clean_text=clean_text,
+                allow_empty=True,
+                return_tensors="pt",
             )
-        feats = model.get_text_features(**{k: v.to(device) for k, v in enc.items()}, return_dict=True).pooler_output
-        out.append(feats.float().cpu())
+            limit = model.config.text_config.max_position_embeddings
+            if enc["input_ids"].shape[1] > limit:
+                raise ValueError(
+                    f"a text in this batch has {enc['input_ids'].shape[1]} tokens, more than the model's "
+                    f"{limit} positions; starts {batch[int(enc['attention_mask'].sum(1).argmax())][:60]!r}"
+                )
+            feats = model.get_text_features(**{k: v.to(device) for k, v in enc.items()}, return_dict=True)
+            out.append(pooled_embeddings(feats).float().cpu())
+            bar.update(len(batch))
     embeds = torch.cat(out)
     return F.normalize(embeds, dim=-1) if normalize else embeds
 
@@ -267,6 +295,7 @@ def embed_images_to_store(
     shard_size: int = 65536,
     overwrite: bool = True,
     dicom_rule: str | None = None,
+    progress: bool = True,
 ) -> EmbeddingStore:
     """Embed a gallery of images or studies batch by batch into an on-disk `EmbeddingStore`.
 
@@ -284,12 +313,12 @@ def embed_images_to_store(
     images = list(images)
     ids = _check_ids(ids, len(images), "images")
     with EmbeddingStoreWriter(store_dir, shard_size=shard_size, overwrite=overwrite) as writer:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            writer.add(
-                embed_images(model, processor, batch, batch_size, dicom_rule=dicom_rule),
-                ids[start : start + batch_size],
-            )
+        with progress_bar(len(images), "embedding images", "img", progress) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                emb = embed_images(model, processor, batch, batch_size, dicom_rule=dicom_rule, progress=False)
+                writer.add(emb, ids[start : start + batch_size])
+                bar.update(len(batch))
     return EmbeddingStore(store_dir)
 
 
@@ -305,23 +334,27 @@ def embed_reports_to_store(
     max_length: int | None = None,
     clean_text: bool = False,
     truncation: bool = True,
+    progress: bool = True,
 ) -> EmbeddingStore:
     """Embed a gallery of reports batch by batch into an on-disk `EmbeddingStore` (see `embed_images_to_store`)."""
     reports = list(reports)
     ids = _check_ids(ids, len(reports), "reports")
     with EmbeddingStoreWriter(store_dir, shard_size=shard_size, overwrite=overwrite) as writer:
-        for start in range(0, len(reports), batch_size):
-            batch = reports[start : start + batch_size]
-            emb = embed_texts(
-                model,
-                processor,
-                batch,
-                batch_size,
-                max_length=max_length,
-                clean_text=clean_text,
-                truncation=truncation,
-            )
-            writer.add(emb, ids[start : start + batch_size])
+        with progress_bar(len(reports), "embedding reports", "text", progress) as bar:
+            for start in range(0, len(reports), batch_size):
+                batch = reports[start : start + batch_size]
+                emb = embed_texts(
+                    model,
+                    processor,
+                    batch,
+                    batch_size,
+                    max_length=max_length,
+                    clean_text=clean_text,
+                    truncation=truncation,
+                    progress=False,
+                )
+                writer.add(emb, ids[start : start + batch_size])
+                bar.update(len(batch))
     return EmbeddingStore(store_dir)
 
 
@@ -331,6 +364,8 @@ __all__ = [
     "embed_images_to_store",
     "embed_reports_to_store",
     "embed_texts",
+    "is_main_process",
     "load_model_and_processor",
     "pixel_inputs",
+    "progress_bar",
 ]

@@ -3,6 +3,10 @@
 The search streams the gallery in chunks, scores each against all queries and keeps a running top-k. It is exact:
 the result equals a full sort of the query-gallery similarity matrix, ties broken by the lower gallery index, so
 results do not depend on the chunk size or on `torch.topk`'s unspecified order among equal scores.
+
+Galleries larger than memory: an `EmbeddingStore` is read chunk by chunk with plain file reads, and only the ids of
+the hits are read at the end, so the search needs memory for one chunk and the running top-k, not for the gallery.
+`memory_budget` (bytes) sizes the chunk from the query count and the embedding size (`chunk_rows_for_budget`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,27 @@ def _chunk_candidates(sim: torch.Tensor, offset: int, k: int) -> tuple[torch.Ten
     return values, local + offset
 
 
+def chunk_rows_for_budget(memory_budget: int, num_queries: int, dim: int, k: int, itemsize: int = 4) -> int:
+    """Gallery rows per chunk so that one step of `exact_topk` stays within `memory_budget` bytes.
+
+    Per gallery row a step holds the row as read (`itemsize * dim`), its float32 and normalised copies
+    (`2 * 4 * dim`), and per query its score, a sort or comparison buffer and an index (`(4 + 4 + 8) * Q`); the
+    running top-k and the candidates cost `2 * (4 + 8) * Q * k` on top.
+
+    Raises:
+        ValueError: the budget does not fit even one row next to the running top-k.
+    """
+    per_row = itemsize * dim + 8 * dim + 16 * num_queries
+    fixed = 24 * num_queries * k + 4 * num_queries * dim
+    rows = (memory_budget - fixed) // per_row
+    if rows < 1:
+        raise ValueError(
+            f"`memory_budget` of {memory_budget} bytes is too small for {num_queries} queries of size {dim} and "
+            f"k={k}; it needs at least {fixed + per_row} bytes"
+        )
+    return int(rows)
+
+
 def exact_topk(
     queries: Any,
     gallery: EmbeddingStore | torch.Tensor | np.ndarray,
@@ -62,6 +87,7 @@ def exact_topk(
     chunk_size: int = 65536,
     normalize: bool = True,
     gallery_ids: Sequence[Id] | None = None,
+    memory_budget: int | None = None,
 ) -> TopKResult:
     """Exact top-k gallery items per query, streaming the gallery in chunks.
 
@@ -72,7 +98,9 @@ def exact_topk(
         chunk_size: gallery rows scored at once; memory is about `Q * chunk_size` floats.
         normalize: L2-normalise queries and gallery rows first (cosine similarity, as every ALTA protocol uses);
             `False` scores raw dot products.
-        gallery_ids: ids for an in-memory gallery (a store brings its own).
+        gallery_ids: ids for an in-memory gallery (a store brings its own; only the hits' ids are read).
+        memory_budget: bytes one step may use; sets the chunk size (`chunk_rows_for_budget`), overriding
+            `chunk_size` when smaller.
 
     Returns:
         `TopKResult` with `[Q, k]` scores and indices, ties broken by the lower gallery index, and the hits' ids.
@@ -83,18 +111,24 @@ def exact_topk(
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be positive; got {chunk_size}")
     if isinstance(gallery, EmbeddingStore):
-        size, dim, ids = len(gallery), gallery.dim, gallery.ids
-        chunks: Iterator[tuple[int, torch.Tensor]] = gallery.iter_chunks(chunk_size)
+        size, dim = len(gallery), gallery.dim
+        itemsize = torch.empty((), dtype=gallery.dtype).element_size()
     else:
         g = _as_matrix(gallery, "gallery")
-        size, dim, ids = g.shape[0], g.shape[1], (list(gallery_ids) if gallery_ids is not None else None)
+        size, dim, itemsize = g.shape[0], g.shape[1], g.element_size()
+        ids = list(gallery_ids) if gallery_ids is not None else None
         if ids is not None and len(ids) != size:
             raise ValueError(f"`gallery_ids` has {len(ids)} ids for {size} gallery rows")
-        chunks = ((s, g[s : s + chunk_size]) for s in range(0, size, chunk_size))
     if q.shape[1] != dim:
         raise ValueError(f"queries have size {q.shape[1]}; the gallery has size {dim}")
     if not 1 <= k <= size:
         raise ValueError(f"`k` must lie in [1, {size}] (the gallery size); got {k}")
+    if memory_budget is not None:
+        chunk_size = min(chunk_size, chunk_rows_for_budget(memory_budget, q.shape[0], dim, k, itemsize))
+    if isinstance(gallery, EmbeddingStore):
+        chunks: Iterator[tuple[int, torch.Tensor]] = gallery.iter_chunks(chunk_size)
+    else:
+        chunks = ((s, g[s : s + chunk_size]) for s in range(0, size, chunk_size))
 
     best_scores = torch.empty(q.shape[0], 0)
     best_indices = torch.empty(q.shape[0], 0, dtype=torch.int64)
@@ -103,13 +137,20 @@ def exact_topk(
         if normalize:
             chunk = F.normalize(chunk, dim=-1)
         sim = q @ chunk.T
+        del chunk
         if torch.isnan(sim).any():
-            raise ValueError(f"NaN similarity in gallery rows {offset}..{offset + len(chunk) - 1}")
+            raise ValueError(f"NaN similarity in gallery rows {offset}..{offset + sim.shape[1] - 1}")
         values, indices = _chunk_candidates(sim, offset, k)
+        del sim
         best_scores, best_indices = _best_k(
             torch.cat([best_scores, values], 1), torch.cat([best_indices, indices], 1), k
         )
-    hit_ids = [[ids[i] for i in row] for row in best_indices.tolist()] if ids is not None else None
+    rows = best_indices.tolist()
+    if isinstance(gallery, EmbeddingStore):
+        flat = gallery.ids_at([i for row in rows for i in row])
+        hit_ids: list[list[Id]] | None = [flat[r * k : (r + 1) * k] for r in range(len(rows))]
+    else:
+        hit_ids = [[ids[i] for i in row] for row in rows] if ids is not None else None
     return TopKResult(scores=best_scores, indices=best_indices, ids=hit_ids)
 
 
@@ -119,6 +160,7 @@ def search(
     k: int = 10,
     chunk_size: int = 65536,
     gallery_ids: Sequence[Id] | None = None,
+    memory_budget: int | None = None,
 ) -> TopKResult:
     """Exact cosine top-k of queries against a gallery, streaming an on-disk store in chunks.
 
@@ -127,13 +169,16 @@ def search(
         gallery: an `EmbeddingStore`, its folder, or an in-memory `[G, P]` matrix (then `gallery_ids` names rows).
         k: hits per query (at most the gallery size).
         chunk_size: gallery rows scored at once.
+        memory_budget: bytes one step may use (sets a smaller chunk size; see `chunk_rows_for_budget`).
 
     Returns:
         `TopKResult(scores [Q,k], indices [Q,k], ids)`, best first, ties broken by the lower gallery position.
     """
     if isinstance(gallery, str | os.PathLike):
         gallery = EmbeddingStore(gallery)
-    return exact_topk(query_embeds, gallery, k, chunk_size=chunk_size, gallery_ids=gallery_ids)
+    return exact_topk(
+        query_embeds, gallery, k, chunk_size=chunk_size, gallery_ids=gallery_ids, memory_budget=memory_budget
+    )
 
 
-__all__ = ["TopKResult", "exact_topk", "search"]
+__all__ = ["TopKResult", "chunk_rows_for_budget", "exact_topk", "search"]

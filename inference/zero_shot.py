@@ -54,18 +54,17 @@ def _module_modes(module: Any) -> tuple:
 
 
 def prompt_preset(name: str) -> dict[str, list[str]]:
-    """A named prompt ensemble: `"chexpert5x200"`, `"rsna"` or `"demo"` (class -> prompts)."""
-    from processing.prompts import chexpert_5x200_prompts, rsna_pneumonia_prompts
+    """A named prompt ensemble: `"chexpert5x200"`, `"rsna"` (the ensembles that ship with the model, see
+    `processing.prompts.NAMED_PROMPT_ENSEMBLES`) or `"demo"` (class -> prompts)."""
+    from processing.prompts import NAMED_PROMPT_ENSEMBLES
 
-    if name == "chexpert5x200":
-        return chexpert_5x200_prompts()
-    if name == "rsna":
-        return rsna_pneumonia_prompts()
+    if name in NAMED_PROMPT_ENSEMBLES:
+        return NAMED_PROMPT_ENSEMBLES[name].build()
     if name == "demo":
         from processing.demo_data import demo_class_prompts
 
         return demo_class_prompts()
-    raise ValueError(f"unknown prompt preset {name!r}; available: 'chexpert5x200', 'rsna', 'demo'")
+    raise ValueError(f"unknown prompt preset {name!r}; available: {[*NAMED_PROMPT_ENSEMBLES, 'demo']}")
 
 
 def class_embeddings_from_prompts(

@@ -1372,9 +1372,10 @@ class AltaPreTrainedModel(AltaAdapterMixin, PreTrainedModel):
             sub._attn_implementation_internal = value
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        """`PreTrainedModel.save_pretrained`, plus the custom-code files and a complete `auto_map`, so the folder
-        loads with `AutoModel`/`AutoModelForPreTraining`/the zero-shot pipeline and `trust_remote_code=True` where
-        this package is not installed."""
+        """`PreTrainedModel.save_pretrained`, plus the custom-code files, a complete `auto_map` and the ALTA
+        pipelines (`custom_pipelines`: zero-shot classification and feature extraction of images, DICOM and studies,
+        `pipeline_alta.py`), so the folder loads with `AutoModel`/`AutoModelForPreTraining`/`pipeline(...)` and
+        `trust_remote_code=True` where this package is not installed."""
         if _is_alta_config(self.config):
             if type(self.config)._auto_class is None:
                 type(self.config).register_for_auto_class("AutoConfig")
@@ -1382,6 +1383,13 @@ class AltaPreTrainedModel(AltaAdapterMixin, PreTrainedModel):
                 auto = "AutoModelForPreTraining" if isinstance(self, AltaForPreTraining) else "AutoModel"
                 type(self).register_for_auto_class(auto)
             self.config.auto_map = {**ALTA_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+            # This relative import is also what makes `save_pretrained` copy pipeline_alta.py beside the weights.
+            from .pipeline_alta import ALTA_CUSTOM_PIPELINES
+
+            self.config.custom_pipelines = {
+                **ALTA_CUSTOM_PIPELINES,
+                **(getattr(self.config, "custom_pipelines", None) or {}),
+            }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # -- adapters and the trainable set -------------------------------------------------------------------------

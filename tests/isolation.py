@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 
-BLOCKED = ("modeling_alta", "configuration", "processing", "training")
+BLOCKED = ("modeling_alta", "configuration", "processing", "training", "inference", "evaluation")
 
 _PRELUDE = f"""
 import sys

@@ -54,6 +54,7 @@ def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest
     [
         ("bench_preprocess.py", "images/s"),
         ("bench_align.py", "| 2 processes (gloo) |"),
+        ("bench_embed.py", "| 1 | fp32 | 4 | 1 |"),  # alta-embed against the model alone
         ("bench_checkpoint_faults.py", "| `verify_checkpoint`"),
     ],
 )
@@ -61,6 +62,8 @@ def test_quick_run_of_data_and_training_benchmarks(script: str, marker: str, rea
     command = [sys.executable, str(BENCHMARKS / script), "--quick"]
     if script == "bench_preprocess.py":
         command += ["--images", str(real_cxr_dir / "nih")]
+    if script == "bench_embed.py":
+        command += ["--device", "cpu", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS.parent)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=BENCHMARKS.parent)
     assert done.returncode == 0, done.stderr[-3000:]

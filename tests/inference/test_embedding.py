@@ -108,6 +108,22 @@ def test_bad_inputs_name_the_problem(model_and_processor, images):
         load_model_and_processor(images[0].parent)
 
 
+def test_progress_bars_on_the_main_process_only(model_and_processor, images, tmp_path, capsys, monkeypatch):
+    """Before: embedding a gallery was a silent loop. The bar shows the count, the rate and the time left (ETA)."""
+    model, processor = model_and_processor
+    embed_images(model, processor, images[:5], batch_size=2)
+    err = capsys.readouterr().err
+    assert "embedding images" in err and "5/5" in err and "img/s" in err and "<00:00" in err  # [elapsed<left]
+    embed_reports_to_store(model, processor, ["a b c", "d e f", "g h"], [1, 2, 3], tmp_path / "r", batch_size=1)
+    assert "embedding reports" in capsys.readouterr().err
+    embed_images(model, processor, images[:2], batch_size=2)  # one batch: no bar
+    assert "embedding images" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # another process of a launch: no bar
+    embed_images_to_store(model, processor, images[:4], list("abcd"), tmp_path / "s", batch_size=2)
+    embed_texts(model, processor, ["a b", "c d", "e f"], batch_size=1)
+    assert "embedding" not in capsys.readouterr().err
+
+
 def test_text_length_comes_from_the_processor(model_and_processor):
     """A converted folder's processor carries the reference's 128 tokens; the model config has no text length."""
     model, processor = model_and_processor

@@ -24,26 +24,55 @@ def test_store_writes_incrementally_and_round_trips(tmp_path):
     ids = [f"s{i}" for i in range(26)]
     with EmbeddingStoreWriter(tmp_path / "store", shard_size=10) as writer:
         writer.add(emb[:7], ids[:7])
-        assert not (tmp_path / "store" / "index.json").exists()  # nothing complete yet
+        assert len(EmbeddingStore(tmp_path / "store")) == 0  # an empty, valid store until a shard is complete
         writer.add(emb[7:15], ids[7:15])  # 15 rows buffered -> one shard of 10 written, index present
         index = json.loads((tmp_path / "store" / "index.json").read_text())
-        assert index["count"] == 10 and len(index["shards"]) == 1
+        assert (index["version"], index["count"], len(index["shards"])) == (2, 10, 1)
         assert len(EmbeddingStore(tmp_path / "store")) == 10  # readable mid-write
         writer.add(emb[15:], ids[15:])
     store = EmbeddingStore(tmp_path / "store")
     assert (len(store), store.dim, [s["count"] for s in store.shards]) == (26, 3, [10, 10, 6])
-    assert store.ids == ids
+    assert store.ids == ids and store.ids_at([25, 0, 12]) == ["s25", "s0", "s12"]
     assert torch.equal(store.load(), emb)
     chunks = list(store.iter_chunks(4))
     assert [o for o, _ in chunks] == [0, 4, 8, 10, 14, 18, 20, 24]  # chunks never cross shard files
     assert torch.equal(torch.cat([c for _, c in chunks]), emb)
 
-    # Re-opening appends; overwrite starts over.
+    # Re-opening appends; overwrite starts over and deletes the old shard files.
     with EmbeddingStoreWriter(tmp_path / "store", shard_size=10) as writer:
         writer.add(emb[:2], [100, 101])
     assert EmbeddingStore(tmp_path / "store").ids == ids + [100, 101]
     store = write_embedding_store(tmp_path / "store", emb[:3], ["a", "b", "c"])
-    assert store.ids == ["a", "b", "c"] and len(list((tmp_path / "store").glob("shard-*"))) == 2
+    assert store.ids == ["a", "b", "c"] and len(list((tmp_path / "store").glob("shard-*"))) == 1
+
+
+def test_store_reads_version_1_layout(tmp_path):
+    """A store written by the version-1 writer (ids in a JSON file beside each shard) still opens and searches."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    emb = torch.randn(5, 4)
+    save_file({"embeddings": emb[:3].contiguous()}, str(folder / "shard-00000.safetensors"))
+    (folder / "shard-00000.ids.json").write_text(json.dumps(["a", "b", "c"]))
+    save_file({"embeddings": emb[3:].contiguous()}, str(folder / "shard-00001.safetensors"))
+    (folder / "shard-00001.ids.json").write_text(json.dumps([4, 5]))
+    shards = [
+        {"file": f"shard-0000{i}.safetensors", "ids_file": f"shard-0000{i}.ids.json", "count": n}
+        for i, n in enumerate((3, 2))
+    ]
+    index = {"format": "alta-embedding-store", "version": 1, "dim": 4, "dtype": "float32", "count": 5}
+    (folder / "index.json").write_text(json.dumps({**index, "shards": shards}))
+    store = EmbeddingStore(folder)
+    assert store.ids == ["a", "b", "c", 4, 5] and torch.equal(store.load(), emb)
+    assert exact_topk(emb[4:5], store, k=1).ids == [[5]]
+    with pytest.raises(ValueError, match="version-1 store"):
+        EmbeddingStoreWriter(folder)
+    write_embedding_store(folder, emb[:1], ["z"])  # overwrite deletes the version-1 files it wrote
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "index.json",
+        next(p.name for p in folder.glob("shard-*")),
+    ]
 
 
 def test_store_errors(tmp_path):
