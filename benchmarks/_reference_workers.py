@@ -102,15 +102,20 @@ def checksums(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 class Meter:
-    """Wall time and context switches (all threads of this process) of one call."""
+    """Wall time, CPU time and context switches (all threads of this process) of one call.
+
+    CPU time above the single-thread figure is time threads spent spinning rather than computing.
+    """
 
     def __enter__(self) -> Meter:
         self.usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu = time.process_time()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self.voluntary = usage.ru_nvcsw - self.usage.ru_nvcsw
         self.involuntary = usage.ru_nivcsw - self.usage.ru_nivcsw
@@ -118,6 +123,7 @@ class Meter:
     def result(self) -> dict:
         return {
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
             "voluntary_switches": self.voluntary,
             "involuntary_switches": self.involuntary,
         }
