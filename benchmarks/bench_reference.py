@@ -315,7 +315,9 @@ def paired_rounds(workers: dict[str, Worker], cmd: str, rounds: int, warmup: int
             answers[name].append(workers[name].call(cmd, **kwargs))
         print(
             f"  {cmd} {kwargs or ''} round {r + 1}/{rounds}: "
-            + ", ".join(f"{n} {answers[n][-1]['seconds']:.2f} s" for n in order),
+            + ", ".join(
+                f"{n} {answers[n][-1]['seconds']:.2f} s (CPU {answers[n][-1]['cpu_seconds']:.2f})" for n in order
+            ),
             flush=True,
         )
     return answers
@@ -499,19 +501,21 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
         return summary
 
     switches = {}
+
+    def step_counters(answers: dict[str, list]) -> dict[str, dict[str, float]]:
+        keys = ("voluntary_switches", "involuntary_switches", "cpu_seconds", "seconds")
+        return {n: {k: statistics.median(a[k] for a in v) for k in keys} for n, v in answers.items()}
+
     if "train" in args.cases:
         answers = paired_rounds(workers, "train", args.rounds)
         add(f"training step, batch {spec['batch']}", answers)
-        switches["uncontended"] = {
-            n: statistics.median(a["voluntary_switches"] for a in v) for n, v in answers.items()
-        }
+        add(f"(CPU time of that step, all threads, batch {spec['batch']})", answers, key="cpu_seconds")
+        switches["no competing process"] = step_counters(answers)
     if "train-contended" in args.cases:
         with BusyProcess():
             answers = paired_rounds(workers, "train", args.rounds)
         add(f"training step, batch {spec['batch']}, one busy process competing", answers)
-        switches["one busy process"] = {
-            n: statistics.median(a["voluntary_switches"] for a in v) for n, v in answers.items()
-        }
+        switches["one busy process"] = step_counters(answers)
     if "image" in args.cases:
         for batch in spec["image_batches"]:
             add(f"image embedding, batch {batch}", paired_rounds(workers, "image", args.rounds, batch=batch))
@@ -536,12 +540,20 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
     for label, ref_s, pkg_s, ratio, speed in rows:
         print(f"| {label} | {ref_s:.3f} | {pkg_s:.3f} | {ratio} | {speed:.2f}x |")
     if switches:
-        print("\nVoluntary context switches per training step (all threads of the worker, median over rounds):\n")
-        print("| | reference | package |")
-        print("|---|---|---|")
-        for label, values in switches.items():
-            print(f"| {label} | {values['reference']:,.0f} | {values['package']:,.0f} |")
-        results["voluntary_switches"] = switches
+        print(
+            "\nPer training step, medians over rounds (all threads of each worker; CPU time well above the "
+            "single-thread work means threads spin while they wait):\n"
+        )
+        print("| | voluntary switches ref / pkg | involuntary ref / pkg | CPU s ref / pkg | wall s ref / pkg |")
+        print("|---|---|---|---|---|")
+        for label, v in switches.items():
+            r, p = v["reference"], v["package"]
+            print(
+                f"| {label} | {r['voluntary_switches']:,.0f} / {p['voluntary_switches']:,.0f} "
+                f"| {r['involuntary_switches']:,.0f} / {p['involuntary_switches']:,.0f} "
+                f"| {r['cpu_seconds']:.2f} / {p['cpu_seconds']:.2f} | {r['seconds']:.2f} / {p['seconds']:.2f} |"
+            )
+        results["per_step"] = switches
     if prompt_note:
         print(f"\n{prompt_note}")
 
