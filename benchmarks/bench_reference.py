@@ -381,7 +381,8 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-def make_spec(args, config, tokenizer_ids: dict[str, int]) -> dict:
+def make_spec(args, config, tokenizer_ids: dict[str, int], preset: str = "alta-base") -> dict:
+    """What both workers build: sizes (from `config`, the package's `preset`), seed, threads, token ids."""
     vision, text = config.vision_config, config.text_config
     length = 128
     lengths = (
@@ -392,7 +393,7 @@ def make_spec(args, config, tokenizer_ids: dict[str, int]) -> dict:
     return {
         "seed": args.seed,
         "threads": args.threads,
-        "preset": "alta-base",
+        "preset": preset,
         "batch": args.batch_size,
         "image_size": vision.image_size,
         "reconstruction_size": vision.reconstruction_image_size,
