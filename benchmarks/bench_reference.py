@@ -590,7 +590,12 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
         )
         print(
             f"\nPackage speed-up at 1,000 images: **{summary['median']:.1f}x** "
-            f"({summary['min']:.1f}..{summary['max']:.1f}, {summary['rounds']} round(s)); the reference as its "
+            + (
+                f"({summary['min']:.1f}..{summary['max']:.1f}, {summary['rounds']} rounds)"
+                if summary["rounds"] > 1
+                else "(1 round)"
+            )
+            + "; the reference as its "
             f"tokenisation + {-(-ZEROSHOT_TARGET_IMAGES // spec['zeroshot_batch'])} batches at the measured time "
             "per batch, the package as its prompt encoding + 1,000 x the measured time per image."
         )
