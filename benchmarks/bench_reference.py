@@ -28,7 +28,7 @@ Cases (time ratio = package / reference, per round; below 1 the package is faste
 
 Run it with a checkout of the reference code (never committed here):
 
-    python benchmarks/bench_reference.py --reference-dir PATH/TO/ALTA                 # 5 rounds, ~1 hour on 2 cores
+    python benchmarks/bench_reference.py --reference-dir PATH/TO/ALTA                 # 5 rounds, ~35 min on 2 cores
     python benchmarks/bench_reference.py --reference-dir PATH/TO/ALTA --quick         # 1 round of each case
     python benchmarks/bench_reference.py --reference-dir PATH/TO/ALTA --cases train image --rounds 9
 
