@@ -195,7 +195,10 @@ def ensure_venv(venv: Path, python: str) -> Path:
         for step in steps:
             out.write("$ " + " ".join(step) + "\n")
             out.flush()
-            done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT)
+            except OSError as err:
+                raise SystemExit(f"building the reference's environment failed at: {' '.join(step)}: {err}") from err
             if done.returncode != 0:
                 out.close()
                 tail = "\n".join(log.read_text().splitlines()[-40:])
