@@ -538,11 +538,12 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
             f"{r['padded_to']}, the package's tokenizer call pads to {p['padded_to']} (before any trimming inside)"
         )
 
-    print("\n## Against the reference implementation (time ratio = package / reference, per round)\n")
-    print("| case | reference s | package s | time ratio: median (range) | package speed-up |")
-    print("|---|---|---|---|---|")
-    for label, ref_s, pkg_s, ratio, speed in rows:
-        print(f"| {label} | {ref_s:.3f} | {pkg_s:.3f} | {ratio} | {speed:.2f}x |")
+    if rows:
+        print("\n## Against the reference implementation (time ratio = package / reference, per round)\n")
+        print("| case | reference s | package s | time ratio: median (range) | package speed-up |")
+        print("|---|---|---|---|---|")
+        for label, ref_s, pkg_s, ratio, speed in rows:
+            print(f"| {label} | {ref_s:.3f} | {pkg_s:.3f} | {ratio} | {speed:.2f}x |")
     if switches:
         print(
             "\nPer training step, medians over rounds (all threads of each worker; CPU time well above the "
