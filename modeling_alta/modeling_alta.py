@@ -267,7 +267,8 @@ def alta_mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked-language-modeling cross-entropy over positions whose label is not -100.
 
     Args:
-        logits (`[B, L, vocab]`), labels (`[B, L]`).
+        logits (`[B, L, vocab]` or `[M, vocab]`), labels (`[B, L]` or `[M]`): every position, or only the masked
+            ones (what `AltaForPreTraining` computes by default).
 
     Returns a zero that keeps the graph when no position is masked (the reference would return NaN).
     """
@@ -403,7 +404,9 @@ class AltaForPreTrainingOutput(ModelOutput):
         cap_lens (`[B]`): valid words per text for the local loss.
         reconstruction_logits (`[B, N, p*p*C]`): decoder output for the current frontal.
         mask (`[B, N]`), ids_restore (`[B, N]`): masking of the current frontal.
-        mlm_logits (`[B, L, vocab]`): MLM logits of the image-conditioned masked report.
+        mlm_logits (`[M, vocab]`, or `[B, L, vocab]` with `return_full_mlm_logits=True`): MLM logits of the
+            image-conditioned masked report, by default only at its `M` masked positions (`mlm_labels != -100`, in
+            row-major order): the only ones the loss reads, and the vocabulary projection is the costly part.
         slot_embeds (`[B, V, D]`), patch_embeds (`[B, V*n, D]`): encoder outputs; image_conditioning (`[B, D_text]`).
         logit_scale, logit_scale_local (`[3]`): the temperatures after `exp`.
     """
@@ -1904,6 +1907,7 @@ class AltaForPreTraining(AltaPreTrainedModel):
         mask_noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         return_loss: bool = True,
+        return_full_mlm_logits: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> AltaForPreTrainingOutput | tuple:
@@ -1920,6 +1924,9 @@ class AltaForPreTraining(AltaPreTrainedModel):
             mask_ratio (`float`, *optional*): overrides `config.vision_config.mask_ratio`.
             return_loss (`bool`): also compute the two contrastive losses on this batch alone and the weighted sum.
                 Training across processes passes False and gathers the returned features (training/losses.py).
+            return_full_mlm_logits (`bool`): return `mlm_logits` at every position `[B, L, vocab]` instead of at the
+                masked positions only `[M, vocab]` (the default; same loss, the MLM head then runs on `M` rows
+                instead of `B*L`).
             kwargs: other keys a collator or trainer may pass; ignored (per-layer outputs come from `AltaModel`
                 and the towers, with a warning when asked for here).
         """
@@ -1946,9 +1953,15 @@ class AltaForPreTraining(AltaPreTrainedModel):
         reconstruction_loss, reconstruction_logits = self._reconstruct_frontal(vision_out, reconstruction_pixel_values)
         mlm_loss = mlm_logits = mlm_num_tokens = None
         if use_mlm:
-            mlm_logits = self.mlm_head(hidden[batch:])
-            mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels)
-            mlm_num_tokens = (mlm_labels != -100).sum()
+            masked = mlm_labels != -100
+            if return_full_mlm_logits:
+                mlm_logits = self.mlm_head(hidden[batch:])
+                mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels)
+            else:
+                # The head is row-wise, so the rows the loss reads give the same logits as the full pass.
+                mlm_logits = self.mlm_head(hidden[batch:][masked])
+                mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels[masked])
+            mlm_num_tokens = masked.sum()
         scale = self.alta.logit_scale.exp()
         local_scales = torch.stack(self.alta.local_scales())
         contrastive_loss = local_loss = loss = None

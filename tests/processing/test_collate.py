@@ -62,8 +62,12 @@ def test_batch_keys_shapes_and_slots(processor):
     assert batch["view_mask"].tolist() == [[True, True, True, False], [True, False, False, False]]
     assert batch["pixel_values"][~batch["view_mask"]].abs().sum() == 0
     assert batch["skipped"] == [] and "mask_noise" not in batch
+    longest = len(processor.tokenizer.tokenize(REPORT)) + 2  # the batch is padded to its longest report
     for key in ("input_ids", "attention_mask", "token_type_ids", "mlm_input_ids", "mlm_labels"):
-        assert batch[key].shape == (2, 128) and batch[key].dtype == torch.long, key
+        assert batch[key].shape == (2, longest) and batch[key].dtype == torch.long, key
+    assert batch["attention_mask"][0].all() and not batch["attention_mask"][1].all()
+    padded = AltaPretrainingCollator(processor, seed=0, padding="max_length")(_samples())
+    assert padded["input_ids"].shape == (2, 128)
     # sentence shuffling keeps the words
     tokens = processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0][batch["attention_mask"][0].bool()])
     reference = processor.tokenizer.tokenize(REPORT)
@@ -114,9 +118,31 @@ def test_a_study_draws_the_same_in_any_batch(processor):
     alone = collator(_samples()[1:])
     swapped = collator(_samples()[::-1])
     for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise", "view_mask"):
-        torch.testing.assert_close(alone[key][0], pair[key][1], atol=0, rtol=0, msg=key)
         torch.testing.assert_close(swapped[key][0], pair[key][1], atol=0, rtol=0, msg=key)
+        if key == "mlm_input_ids":  # alone, the short report is not padded to the other one's length
+            length = alone[key].shape[1]
+            assert length < pair[key].shape[1] and not pair["attention_mask"][1, length:].any()
+            torch.testing.assert_close(alone[key][0], pair[key][1, :length], atol=0, rtol=0, msg=key)
+        else:
+            torch.testing.assert_close(alone[key][0], pair[key][1], atol=0, rtol=0, msg=key)
     assert pair["mask_noise"].shape == (2, 4, 9)
+
+
+def test_padding_to_the_longest_report_changes_nothing_but_the_length(processor):
+    # A study's MLM draws do not depend on the length its batch is padded to: the longest-padded batch is the
+    # max_length-padded one cut at its longest report.
+    longest = AltaPretrainingCollator(processor, seed=4)(_samples())
+    full = AltaPretrainingCollator(processor, seed=4, padding="max_length")(_samples())
+    length = longest["input_ids"].shape[1]
+    assert length < full["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask", "token_type_ids", "mlm_input_ids", "mlm_labels"):
+        torch.testing.assert_close(longest[key], full[key][:, :length], atol=0, rtol=0, msg=key)
+        assert not full["attention_mask"][:, length:].any()
+    assert (full["mlm_labels"][:, length:] == IGNORE_INDEX).all()
+    for key in ("pixel_values", "reconstruction_pixel_values", "view_mask"):
+        torch.testing.assert_close(longest[key], full[key], atol=0, rtol=0, msg=key)
+    with pytest.raises(ValueError, match="padding must be"):
+        AltaPretrainingCollator(processor, padding="do_not_pad")
 
 
 def test_unreadable_samples_are_skipped_and_named(processor, tmp_path):
