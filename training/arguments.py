@@ -95,7 +95,14 @@ class DataArguments:
             "process): a wrong --image_root or an unmounted folder fails fast instead of skipping every study."
         },
     )
-    max_length: int = field(default=128, metadata={"help": "Report length in tokens."})
+    max_length: int = field(default=128, metadata={"help": "Longest report in tokens (longer ones are truncated)."})
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Pad every batch to --max_length (the reference) instead of to its longest report; same losses, "
+            "more text-tower work."
+        },
+    )
     mlm_probability: float = field(default=0.5, metadata={"help": "Share of report tokens masked for MLM."})
     augment: bool = field(default=True, metadata={"help": "Random affine + jitter (shared current/prior draws)."})
     shuffle_reports: bool = field(default=True, metadata={"help": "Shuffle report sentences (as the reference)."})
@@ -111,6 +118,13 @@ class DataArguments:
 class AlignArguments:
     output_dir: str = field(default="outputs/align", metadata={"help": "Where checkpoints and the model go."})
     per_device_train_batch_size: int = field(default=24, metadata={"help": "Studies per process per step."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Group studies of similar report length into batches (less padding; the same batches on any "
+            "number of processes and workers, exact resume)."
+        },
+    )
     gradient_accumulation_steps: int = field(
         default=1,
         metadata={
