@@ -155,7 +155,16 @@ class AlignArguments:
     local_loss_weight: float = field(default=1.0)
     reconstruction_loss_weight: float = field(default=1.0)
     mlm_loss_weight: float = field(default=1.0)
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (the reference trains in fp16)."})
+    mixed_precision: str = field(
+        default="no",
+        metadata={
+            "help": "no | fp16 | bf16 (the reference trains in fp16). On a CPU without native support for it "
+            "(bf16: AVX512_BF16 or AMX-BF16) it runs fp32 with a warning, unless --force_cpu_mixed_precision."
+        },
+    )
+    force_cpu_mixed_precision: bool = field(
+        default=False, metadata={"help": "Use --mixed_precision on a CPU that would emulate it (slow)."}
+    )
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients (the reference does not)."})
     cpu: bool = field(default=False, metadata={"help": "Force CPU (also needed for multi-process CPU runs)."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps."})
