@@ -108,7 +108,8 @@ class AltaPretrainingCollator:
             ``mask_noise`` ``[B, num_slots, num_patches]``; `None` leaves the masking to the model's global RNG.
 
     Returns (per call) a dict with:
-        `pixel_values` float ``[B, 4, 3, 224, 224]``, `view_mask` bool ``[B, 4]``, `reconstruction_pixel_values`
+        `pixel_values` float ``[B, 4, 3, 224, 224]`` (slot 0 all zeros: the model derives the current frontal from
+        `reconstruction_pixel_values`; `view_mask` marks it present), `view_mask` bool ``[B, 4]``, `reconstruction_pixel_values`
         float ``[B, 3, 448, 448]``, `input_ids`, `attention_mask`, `token_type_ids`, `mlm_input_ids`, `mlm_labels`
         long ``[B, L]`` (`L` = the batch's longest report, or `max_length`), `mask_noise` (when `mask_noise_shape` is set), `skipped`: a list of messages,
         one per study left out, and `truncated`: ``"study index N (K tokens)"`` for each report cut to
@@ -193,6 +194,8 @@ class AltaPretrainingCollator:
             train=self.augment,
             generator=[image_rng for image_rng, _, _, _ in streams],
             return_reconstruction=True,
+            # The model derives slot 0 from the reconstruction-size frontal: its own crop would be thrown away.
+            reconstruction_replaces_frontal=True,
         )
         truncated: list[str] = []
         text = encode_texts(

@@ -203,3 +203,37 @@ def test_study_randomness_does_not_depend_on_the_dataloader_worker(processor, tm
     in_workers = list(loader)[1]  # the second batch is collated by worker 1
     for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
         torch.testing.assert_close(in_workers[key], in_main[key], atol=0, rtol=0, msg=key)
+
+
+def test_the_current_frontal_is_not_cropped_twice(processor):
+    # Training derives slot 0 from the reconstruction-size frontal, so the collator does not compute its own crop:
+    # the same draws, the same other slots, and the same model outputs as with the crop.
+    from configuration import load_preset
+    from modeling_alta import AltaForPreTraining
+
+    samples = _samples()
+    collator = AltaPretrainingCollator(processor, seed=3, mask_noise_shape=(4, 196))
+    batch = collator(samples)
+    studies = [{k: v for k, v in s.items() if k in ("frontal", "lateral", "prior_frontal", "prior_lateral")}
+               for s in samples]  # fmt: skip
+    streams = [np.random.default_rng(7), np.random.default_rng(8)]
+    kwargs = {"return_tensors": "pt", "train": True, "return_reconstruction": True}
+    with_crop = processor.image_processor(studies, generator=streams, **kwargs)
+    streams = [np.random.default_rng(7), np.random.default_rng(8)]
+    without = processor.image_processor(studies, generator=streams, reconstruction_replaces_frontal=True, **kwargs)
+    assert without["pixel_values"][:, 0].abs().sum() == 0 and without["view_mask"][:, 0].all()
+    assert with_crop["pixel_values"][:, 0].abs().sum() > 0
+    for key in ("view_mask", "reconstruction_pixel_values"):
+        assert torch.equal(with_crop[key], without[key]), key
+    assert torch.equal(with_crop["pixel_values"][:, 1:], without["pixel_values"][:, 1:])
+    assert batch["pixel_values"][:, 0].abs().sum() == 0 and batch["view_mask"][:, 0].all()
+
+    torch.manual_seed(0)
+    model = AltaForPreTraining(load_preset("alta-tiny")).eval()
+    inputs = {k: v for k, v in batch.items() if k not in ("skipped", "truncated")}
+    cropped = {**inputs, "pixel_values": with_crop["pixel_values"].clone()}
+    cropped["pixel_values"][:, 1:] = inputs["pixel_values"][:, 1:]
+    with torch.no_grad():
+        a, b = model(**inputs), model(**cropped)
+    for key in ("contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
