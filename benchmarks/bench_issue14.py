@@ -80,11 +80,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--mean-length", type=float, default=99.5, help="mean report length in tokens")
     parser.add_argument("--std-length", type=float, default=25.0)
     parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="folder with vocab.txt")
-    parser.add_argument("--sections", nargs="+", default=["prompts", "padding", "mlm", "dropout", "bf16", "compile"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=None,
+        help="prompts padding mlm dropout bf16 compile (default: all; --quick leaves out compile, minutes of work)",
+    )
     args = parser.parse_args(argv)
     device = setup(args)
     if args.quick:
         args.rounds = 1
+    if args.sections is None:
+        args.sections = ["prompts", "padding", "mlm", "dropout", "bf16", *([] if args.quick else ["compile"])]
     from transformers import BertTokenizer
 
     config = base_config(args.quick)
