@@ -41,6 +41,11 @@ from processing.demo_data import generate_demo_dataset
 from training.align import main as align_main
 from training.demo import build_vocabulary
 from transformers import BertTokenizer
+import training.signals as signals
+
+# Checkouts before the fix took the SIGCHLD of a DataLoader worker (end of an epoch) for a stop request.
+_handle = signals.InterruptMonitor.handle
+signals.InterruptMonitor.handle = lambda self, s: _handle(self, s) if s in signals.HANDLED_SIGNALS else None
 
 tmp = Path(tempfile.mkdtemp())
 batch, steps = spec["batch_size"], spec["steps"]
