@@ -125,12 +125,13 @@ def main(argv: list[str] | None = None) -> None:
 
     configs = [("this checkout", REPO_ROOT, openmp_environment({}))]
     configs += [(Path(t).name, Path(t), {}) for t in args.tree]
+    header = machine_lines(__import__("torch").device("cpu"))  # the load average before the runs
     results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
     for r in range(args.rounds):
         for name, tree, env in configs if r % 2 == 0 else configs[::-1]:
             results[name].append(run(tree, env, spec))
     print(f"# bench_align_demo (alta-demo, batch {args.batch_size}, {args.steps} steps, {args.workers} worker(s))")
-    print("\n".join(machine_lines(__import__("torch").device("cpu"))))
+    print("\n".join(header))
     rows = []
     for name, _, _ in configs:
         runs = results[name]

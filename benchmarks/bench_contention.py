@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     spec = {"preset": args.preset, "batch_size": args.batch_size, "text_length": args.text_length}
     configs = [(f"this checkout, {p}", REPO_ROOT, p) for p in args.policy]
     configs += [(f"{Path(t).name}, default", Path(t), "default") for t in args.tree]
+    header = machine_lines(__import__("torch").device("cpu"))  # the load average before the runs
     workers = [Worker(name, _worker_env(tree, policy, args.threads, spec)) for name, tree, policy in configs]
     results: dict[tuple[str, bool], list[dict]] = {(w.name, c): [] for w in workers for c in (False, True)}
     try:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             worker.close()
 
     print(f"# bench_contention ({args.preset}, batch {args.batch_size}, {args.threads} threads per worker)")
-    print("\n".join(machine_lines(__import__("torch").device("cpu"))))
+    print("\n".join(header))
     print(f"- {args.rounds} round(s); contended = {args.competitors} busy process(es) running during the step\n")
     rows, out = [], {}
     first = workers[0].name
