@@ -57,6 +57,9 @@ def machine_lines(device: torch.device) -> list[str]:
         f"timer {'process CPU time' if _clock is time.process_time else 'wall clock'}",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
     ]
+    from inference.precision import cpu_description, has_native
+
+    lines.append(f"- cpu flags: {cpu_description().split('; flags: ', 1)[1]} (native bf16: {has_native('bf16')})")
     if hasattr(os, "getloadavg"):
         lines.append("- load average at start (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
     if device.type == "cuda":

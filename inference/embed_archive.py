@@ -540,7 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward (default: %(default)s)")
     parser.add_argument("--shard-size", type=int, default=4096, help="inputs per part/shard (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=4, help="decoding workers per process (%(default)s)")
-    parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    parser.add_argument("--bf16", action="store_true",
+                        help="run the model under bfloat16 autocast (on a CPU without native bf16 it runs fp32, with a "
+                        "warning, unless --force-bf16)")  # fmt: skip
+    parser.add_argument("--force-bf16", action="store_true", help="--bf16 even on a CPU that would emulate it (slow)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where CUDA is available")
     parser.add_argument("--dicom-rule", choices=("voi", "rsna"), default=None, help="DICOM to 8-bit rule")
     parser.add_argument("--image-root", default=None, help="CSV: the folder relative paths start from")
@@ -717,6 +720,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     accelerator = _accelerator(args)
+    if args.bf16 and accelerator.device.type == "cpu":
+        from .precision import cpu_precision
+
+        # Emulated bf16 is several times slower than fp32: warn and run fp32 unless forced (what ran is recorded).
+        args.bf16 = cpu_precision("bf16", args.force_bf16, "--force-bf16") == "bf16"
     output = Path(args.output).expanduser()
     model, image_processor = load_image_model(args.model, accelerator.device)
 

@@ -216,6 +216,15 @@ def default_text_length(processor: Any) -> int:
     return int(getattr(processor, "max_length", None) or DEFAULT_MAX_LENGTH)
 
 
+def pad_token_rows(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Right-pad token-id rows to the longest of them: long `[N, max len]`."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    return out
+
+
 @torch.no_grad()
 def embed_texts(
     model: Any,
@@ -227,16 +236,23 @@ def embed_texts(
     clean_text: bool = False,
     truncation: bool = True,
     progress: bool = True,
+    sort_by_length: bool = True,
 ) -> torch.Tensor:
     """Embed reports or prompts: projected [CLS] features.
 
+    Texts are tokenised once, then run in chunks of `batch_size`, each padded to its own longest text rather than
+    to `max_length` (the text tower's work follows the text; masked padding does not change the [CLS] output, up to
+    float rounding). With `sort_by_length` the chunks are formed from the texts in order of length, so that they are
+    tight, and the rows come back in the input order.
+
     Args:
         texts: N strings.
-        max_length: padding length; default the training length the processor was saved with
+        max_length: truncation length; default the training length the processor was saved with
             (`processor.max_length`).
         clean_text, truncation: see `modeling_alta.processing_alta.encode_texts`.
         normalize: L2-normalise (reports and queries); `False` for prompt-ensemble means.
         progress: show a progress bar (main process only) when there is more than one batch.
+        sort_by_length: group texts of similar length into the chunks (the output order is the input order).
 
     Returns:
         float32 `[N, P]` on the CPU.
@@ -247,30 +263,51 @@ def embed_texts(
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
         raise ValueError("`texts` is empty; nothing to embed")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive; got {batch_size}")
     device = _device(model)
-    out = []
+    enc = encode_texts(
+        tokenizer,
+        items,
+        length if truncation else None,
+        padding=False,
+        truncation=truncation,
+        clean_text=clean_text,
+        allow_empty=True,
+    )
+    ids, types = enc["input_ids"], enc["token_type_ids"]
+    order = list(range(len(items)))
+    if sort_by_length:
+        order.sort(key=lambda i: -len(ids[i]))  # stable: equal lengths keep their input order
+    limit = model.config.text_config.max_position_embeddings
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = torch.empty(0)
     with progress_bar(len(items), "embedding texts", "text", progress and len(items) > batch_size) as bar:
-        for batch in _batches(items, batch_size):
-            enc = encode_texts(
-                tokenizer,
-                batch,
-                length,
-                truncation=truncation,
-                clean_text=clean_text,
-                allow_empty=True,
-                return_tensors="pt",
-            )
-            limit = model.config.text_config.max_position_embeddings
-            if enc["input_ids"].shape[1] > limit:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = [ids[i] for i in chunk]
+            longest = max(len(r) for r in rows)
+            if longest > limit:
+                first = chunk[max(range(len(rows)), key=lambda j: len(rows[j]))]
                 raise ValueError(
-                    f"a text in this batch has {enc['input_ids'].shape[1]} tokens, more than the model's "
-                    f"{limit} positions; starts {batch[int(enc['attention_mask'].sum(1).argmax())][:60]!r}"
+                    f"a text in this batch has {longest} tokens, more than the model's {limit} positions; starts "
+                    f"{items[first][:60]!r}"
                 )
-            feats = model.get_text_features(**{k: v.to(device) for k, v in enc.items()}, return_dict=True)
-            out.append(pooled_embeddings(feats).float().cpu())
-            bar.update(len(batch))
-    embeds = torch.cat(out)
-    return F.normalize(embeds, dim=-1) if normalize else embeds
+            input_ids = pad_token_rows(rows, pad_id)
+            attention_mask = (torch.arange(longest)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+            token_type_ids = pad_token_rows([types[i] for i in chunk], 0)
+            feats = model.get_text_features(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                token_type_ids=token_type_ids.to(device),
+                return_dict=True,
+            )
+            embeds = pooled_embeddings(feats).float().cpu()
+            if out.numel() == 0:
+                out = embeds.new_empty(len(items), embeds.shape[-1])
+            out[torch.tensor(chunk)] = embeds
+            bar.update(len(chunk))
+    return F.normalize(out, dim=-1) if normalize else out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,6 +402,7 @@ __all__ = [
     "embed_reports_to_store",
     "embed_texts",
     "is_main_process",
+    "pad_token_rows",
     "load_model_and_processor",
     "pixel_inputs",
     "progress_bar",

@@ -185,7 +185,8 @@ class ZeroShotClassifier:
             preset name (see `prompt_preset`).
         clean_text: put every prompt through the reference's `process_text` first (the CheXpert 5x200 protocol; note
             it drops one-word sentences, so a bare "cardiomegaly" becomes an empty prompt).
-        max_length: prompt padding length (128 for CheXpert 5x200, 10 for RSNA).
+        max_length: prompt truncation length (128 for CheXpert 5x200, 10 for RSNA); each chunk of prompts is padded to
+            its longest prompt only.
         cache_dir: if given, class embeddings are saved there and reused (see the module docstring).
         text_batch_size: prompts per text forward.
 
@@ -289,7 +290,10 @@ class ZeroShotClassifier:
 
     def compute_class_embeddings(self) -> torch.Tensor:
         """Run the text tower over all prompts now (no caching): `[C, P]` normalised class embeddings."""
-        _, embeds = encode_prompt_ensemble(self.class_prompts, self._encode_prompts, batch_size=self.text_batch_size)
+        # All prompts in one call: `embed_texts` sorts them by length and runs chunks of `text_batch_size`, each
+        # padded to its longest prompt.
+        total = sum(len(p) for p in self.class_prompts.values())
+        _, embeds = encode_prompt_ensemble(self.class_prompts, self._encode_prompts, batch_size=max(total, 1))
         return embeds
 
     def _load_cached(self, path: Path, key: str) -> torch.Tensor | None:

@@ -444,6 +444,7 @@ class AltaImageProcessor(BaseImageProcessor):
         seed: int | None = None,
         generator: np.random.Generator | Sequence[np.random.Generator] | None = None,
         return_reconstruction: bool | None = None,
+        reconstruction_replaces_frontal: bool = False,
         shortest_edge: int | None = None,
         crop_size: int | None = None,
         reconstruction_shortest_edge: int | None = None,
@@ -468,6 +469,11 @@ class AltaImageProcessor(BaseImageProcessor):
             return_reconstruction (`bool`, *optional*, defaults to `train`): also return the frontal at the
                 reconstruction size, `reconstruction_pixel_values` `[B, 3, 448, 448]` (slot 0 of a study, or the
                 image itself), with the same augmentation draw as slot 0.
+            reconstruction_replaces_frontal (`bool`, defaults to `False`): with `return_reconstruction`, do not compute
+                the `crop_size` current frontal of a study: slot 0 of `pixel_values` stays all zeros while
+                `view_mask` marks it present. `AltaForPreTraining` derives slot 0 from `reconstruction_pixel_values`
+                and ignores it (as the reference does), so training need not compute it; the random draws are the
+                same either way.
             shortest_edge, crop_size, reconstruction_shortest_edge, reconstruction_crop_size, image_mean,
             image_std, resample, dicom_rule: per-call overrides of the attributes of the same name.
 
@@ -510,9 +516,12 @@ class AltaImageProcessor(BaseImageProcessor):
                 for slot in range(len(slots))
             ]
             loaded = [self._load_named(view, dicom_rule, where[slot]) for slot, view in enumerate(slots)]
+            skip_frontal = bool(reconstruction_replaces_frontal and return_reconstruction and study_batch)
             crops = [
-                resize_and_crop_uint8(image, shortest_edge, crop_size, resample) if image is not None else None
-                for image in loaded
+                resize_and_crop_uint8(image, shortest_edge, crop_size, resample)
+                if image is not None and not (skip_frontal and slot == 0)
+                else None
+                for slot, image in enumerate(loaded)
             ]
             params: list[AltaAugmentParams | None] = [None] * len(slots)
             rng = rngs[index]
@@ -533,6 +542,8 @@ class AltaImageProcessor(BaseImageProcessor):
             frames = normalize_uint8(np.stack(study_frames), mean, std)
             # A missing view is all zeros *after* normalisation: the model's fallback rule (frame sum == 0).
             frames[~np.asarray(present)] = 0.0
+            if skip_frontal:
+                frames[0] = 0.0  # derived from the reconstruction-size frontal by the model
             views.append(frames if study_batch else frames[0])
             masks.append(present)
             if return_reconstruction:

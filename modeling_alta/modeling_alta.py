@@ -267,7 +267,8 @@ def alta_mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked-language-modeling cross-entropy over positions whose label is not -100.
 
     Args:
-        logits (`[B, L, vocab]`), labels (`[B, L]`).
+        logits (`[B, L, vocab]` or `[M, vocab]`), labels (`[B, L]` or `[M]`): every position, or only the masked
+            ones (what `AltaForPreTraining` computes by default).
 
     Returns a zero that keeps the graph when no position is masked (the reference would return NaN).
     """
@@ -403,7 +404,9 @@ class AltaForPreTrainingOutput(ModelOutput):
         cap_lens (`[B]`): valid words per text for the local loss.
         reconstruction_logits (`[B, N, p*p*C]`): decoder output for the current frontal.
         mask (`[B, N]`), ids_restore (`[B, N]`): masking of the current frontal.
-        mlm_logits (`[B, L, vocab]`): MLM logits of the image-conditioned masked report.
+        mlm_logits (`[M, vocab]`, or `[B, L, vocab]` with `return_full_mlm_logits=True`): MLM logits of the
+            image-conditioned masked report, by default only at its `M` masked positions (`mlm_labels != -100`, in
+            row-major order): the only ones the loss reads, and the vocabulary projection is the costly part.
         slot_embeds (`[B, V, D]`), patch_embeds (`[B, V*n, D]`): encoder outputs; image_conditioning (`[B, D_text]`).
         logit_scale, logit_scale_local (`[3]`): the temperatures after `exp`.
     """
@@ -584,6 +587,49 @@ class AltaVisionEmbeddings(nn.Module):
         return kept, mask, ids_restore
 
 
+def _byte_threshold(p: float) -> int | None:
+    """`p * 256` when it is a whole number (0.25 -> 64): dropout can then draw one random byte per element."""
+    scaled = p * 256
+    return int(scaled) if 0 < scaled < 256 and scaled == int(scaled) else None
+
+
+def alta_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout (`F.dropout` semantics: zero each element with probability `p`, scale the rest by `1 / (1 - p)`;
+    the identity outside training) with cheaper mask draws where `p` is a multiple of 1/256, as ALTA's 0.25.
+
+    `F.dropout` draws a Bernoulli variable per element; here one 32-bit draw of the global generator gives four
+    uniform bytes, and an element is kept where its byte is `>= 256 p`: the same distribution, about 3x cheaper
+    for forward and backward together (benchmarks/RESULTS.md §12). Other `p` use `F.dropout`. Seeded runs stay
+    reproducible (the draws come from the global generator, whose state checkpoints save), but the masks differ
+    from `F.dropout`'s.
+
+    Args:
+        hidden_states (`torch.Tensor` of any shape).
+        p (`float`): drop probability.
+        training (`bool`): apply it (else return the input).
+    """
+    if not training or p <= 0.0:
+        return hidden_states
+    threshold = _byte_threshold(p)
+    if threshold is None:
+        return F.dropout(hidden_states, p=p, training=True)
+    count = hidden_states.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int32, device=hidden_states.device)
+    random_bytes = words.random_(-(2**31), 2**31).view(torch.uint8)[:count].view(hidden_states.shape)
+    # A float keep-and-scale factor: multiplying by it back-propagates faster than `torch.where` on CPU.
+    scale = (random_bytes >= threshold).to(hidden_states.dtype).mul_(1.0 / (1.0 - p))
+    return hidden_states * scale
+
+
+class AltaDropout(nn.Dropout):
+    """`nn.Dropout` with `alta_dropout`'s cheaper mask draws (same distribution, same train/eval behaviour)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            return super().forward(hidden_states)
+        return alta_dropout(hidden_states, self.p, self.training)
+
+
 def alta_eager_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -615,7 +661,7 @@ def alta_eager_attention(
         else:
             scores = scores + attention_mask
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
+    weights = alta_dropout(weights, dropout, module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
@@ -634,13 +680,19 @@ def _sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _attention_function(config: Any, output_attentions: bool):
+def _attention_function(config: Any, output_attentions: bool, dropout: float = 0.0, device_type: str = "cpu"):
     """The attention kernel `config._attn_implementation` names (read at every call, so
     `model.set_attn_implementation(...)` takes effect at once): `"sdpa"` (the default) or `"eager"`, or any kernel
     registered with transformers' `AttentionInterface`. Only eager attention returns weights, so
-    `output_attentions=True` computes eager attention, with a warning when another kernel was configured."""
+    `output_attentions=True` computes eager attention, with a warning when another kernel was configured.
+
+    With attention dropout (`dropout > 0`, training) on the CPU, SDPA leaves its fused kernel for its unfused one
+    and draws a Bernoulli mask; eager attention with `alta_dropout`'s byte draws computes the same thing faster, so
+    it is used there when `dropout` is a multiple of 1/256 (ALTA's 0.25). (On GPUs SDPA fuses dropout.)"""
     implementation = getattr(config, "_attn_implementation", None) or "sdpa"
     if implementation == "eager":
+        return alta_eager_attention
+    if implementation == "sdpa" and device_type == "cpu" and dropout > 0 and _byte_threshold(dropout) is not None:
         return alta_eager_attention
     if output_attentions:
         logger.warning_once(
@@ -678,14 +730,15 @@ class AltaVisionAttention(nn.Module):
         """`[F, L, D]` -> (`[F, L, D]`, weights `[F, H, L, L]` or None)."""
         batch, length, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attention = _attention_function(self.config, output_attentions)
+        dropout = self.dropout if self.training else 0.0
+        attention = _attention_function(self.config, output_attentions, dropout, hidden_states.device.type)
         out, weights = attention(
             self,
             qkv[0],
             qkv[1],
             qkv[2],
             None,
-            dropout=self.dropout if self.training else 0.0,
+            dropout=dropout,
             scaling=self.scaling,
         )
         return self.proj(out.reshape(batch, length, dim)), weights
@@ -960,7 +1013,7 @@ class AltaTextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = AltaDropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[1]
@@ -1000,14 +1053,15 @@ class AltaTextSelfAttention(nn.Module):
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-        attention = _attention_function(self.config, output_attentions)
+        dropout = self.dropout if self.training else 0.0
+        attention = _attention_function(self.config, output_attentions, dropout, hidden_states.device.type)
         out, weights = attention(
             self,
             heads(self.query(hidden_states)),
             heads(self.key(hidden_states)),
             heads(self.value(hidden_states)),
             attn_mask,
-            dropout=self.dropout if self.training else 0.0,
+            dropout=dropout,
             scaling=self.scaling,
         )
         return out.reshape(batch, length, dim), weights
@@ -1018,7 +1072,7 @@ class AltaTextSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = AltaDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
@@ -1904,6 +1958,7 @@ class AltaForPreTraining(AltaPreTrainedModel):
         mask_noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         return_loss: bool = True,
+        return_full_mlm_logits: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> AltaForPreTrainingOutput | tuple:
@@ -1920,6 +1975,9 @@ class AltaForPreTraining(AltaPreTrainedModel):
             mask_ratio (`float`, *optional*): overrides `config.vision_config.mask_ratio`.
             return_loss (`bool`): also compute the two contrastive losses on this batch alone and the weighted sum.
                 Training across processes passes False and gathers the returned features (training/losses.py).
+            return_full_mlm_logits (`bool`): return `mlm_logits` at every position `[B, L, vocab]` instead of at the
+                masked positions only `[M, vocab]` (the default; same loss, the MLM head then runs on `M` rows
+                instead of `B*L`).
             kwargs: other keys a collator or trainer may pass; ignored (per-layer outputs come from `AltaModel`
                 and the towers, with a warning when asked for here).
         """
@@ -1946,9 +2004,15 @@ class AltaForPreTraining(AltaPreTrainedModel):
         reconstruction_loss, reconstruction_logits = self._reconstruct_frontal(vision_out, reconstruction_pixel_values)
         mlm_loss = mlm_logits = mlm_num_tokens = None
         if use_mlm:
-            mlm_logits = self.mlm_head(hidden[batch:])
-            mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels)
-            mlm_num_tokens = (mlm_labels != -100).sum()
+            masked = mlm_labels != -100
+            if return_full_mlm_logits:
+                mlm_logits = self.mlm_head(hidden[batch:])
+                mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels)
+            else:
+                # The head is row-wise, so the rows the loss reads give the same logits as the full pass.
+                mlm_logits = self.mlm_head(hidden[batch:][masked])
+                mlm_loss = alta_mlm_loss(mlm_logits, mlm_labels[masked])
+            mlm_num_tokens = masked.sum()
         scale = self.alta.logit_scale.exp()
         local_scales = torch.stack(self.alta.local_scales())
         contrastive_loss = local_loss = loss = None

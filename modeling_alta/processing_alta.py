@@ -122,10 +122,13 @@ def _warn_if_truncated(
     # A WordPiece token covers at least one non-space character, so short strings cannot overflow; only longer
     # ones pay for a second tokenisation.
     special = tokenizer.num_special_tokens_to_add(pair=False)
-    for label, item in zip(labels, texts):
-        if len(item) <= max_length - special:
-            continue
-        count = len(tokenizer.tokenize(item)) + special
+    long = [(label, item) for label, item in zip(labels, texts) if len(item) > max_length - special]
+    if not long:
+        return
+    # One batched call for all of them (a call per text costs more than the tokenisation itself).
+    found = tokenizer([item for _, item in long], add_special_tokens=True, verbose=False)["input_ids"]
+    counts = [len(ids) for ids in found]
+    for (label, item), count in zip(long, counts):
         if count > max_length and collect is not None:
             collect.append(f"{label} ({count} tokens)")
         elif count > max_length:

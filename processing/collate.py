@@ -39,6 +39,7 @@ def mask_tokens(
     mask_token_id: int,
     probability: float = 0.5,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    draw_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's MLM rule: each non-special token is picked with `probability` and *every* picked token
     becomes ``[MASK]`` (no 80/10/10 split, despite the reference docstring).
@@ -48,8 +49,11 @@ def mask_tokens(
         special_ids: ids never masked ([CLS], [SEP], [PAD], ...).
         mask_token_id: id of ``[MASK]``.
         probability: masking probability (0.5 in ALTA).
-        generator: one torch generator for the whole batch, or one per row (row `i` draws ``[1, L]`` from its own
-            generator, so a study's mask does not depend on its batch).
+        generator: one torch generator for the whole batch, or one per row (row `i` draws ``[1, draw_length]``
+            from its own generator and keeps the first `L`, so a study's mask does not depend on its batch, nor on
+            the length its batch is padded to).
+        draw_length: draws per row with per-row generators (default `L`); give the longest possible length (the
+            collator's `max_length`) when batches are padded to their longest text.
 
     Returns:
         ``(mlm_input_ids, mlm_labels)``, both long ``[B, L]``; labels are the original ids where masked and -100
@@ -61,7 +65,11 @@ def mask_tokens(
     if isinstance(generator, Sequence):
         if len(generator) != input_ids.shape[0]:
             raise ValueError(f"got {len(generator)} generators for {input_ids.shape[0]} rows")
-        draws = torch.cat([torch.rand((1, input_ids.shape[1]), generator=g) for g in generator])
+        length = input_ids.shape[1]
+        draw_length = length if draw_length is None else int(draw_length)
+        if draw_length < length:
+            raise ValueError(f"draw_length={draw_length} is shorter than the batch's {length} tokens")
+        draws = torch.cat([torch.rand((1, draw_length), generator=g)[:, :length] for g in generator])
     else:
         draws = torch.rand(input_ids.shape, generator=generator)
     picked = (draws < probability) & ~special
@@ -89,7 +97,10 @@ class AltaPretrainingCollator:
     Args:
         processor: an `AltaProcessor` (image processor + CXR-BERT tokenizer).
         mlm_probability: share of non-special report tokens replaced by ``[MASK]`` (0.5).
-        max_length: report length in tokens (128); longer reports are truncated and listed in `truncated`.
+        max_length: longest report in tokens (128); longer reports are truncated and listed in `truncated`.
+        padding: `"longest"` (default): pad each batch to its longest report, so the text tower's work follows the
+            text; `"max_length"`: pad every batch to `max_length` (the reference). Masks, losses and gradients are
+            the same either way (a study's MLM draws do not depend on the padded length; padding is masked out).
         seed: base seed of every study's random streams (see the module docstring).
         augment: apply the training image augmentation (random affine + jitter with shared current/prior draws).
         shuffle_reports: shuffle report sentences (the reference does, in training).
@@ -97,9 +108,10 @@ class AltaPretrainingCollator:
             ``mask_noise`` ``[B, num_slots, num_patches]``; `None` leaves the masking to the model's global RNG.
 
     Returns (per call) a dict with:
-        `pixel_values` float ``[B, 4, 3, 224, 224]``, `view_mask` bool ``[B, 4]``, `reconstruction_pixel_values`
+        `pixel_values` float ``[B, 4, 3, 224, 224]`` (slot 0 all zeros: the model derives the current frontal from
+        `reconstruction_pixel_values`; `view_mask` marks it present), `view_mask` bool ``[B, 4]``, `reconstruction_pixel_values`
         float ``[B, 3, 448, 448]``, `input_ids`, `attention_mask`, `token_type_ids`, `mlm_input_ids`, `mlm_labels`
-        long ``[B, max_length]``, `mask_noise` (when `mask_noise_shape` is set), `skipped`: a list of messages,
+        long ``[B, L]`` (`L` = the batch's longest report, or `max_length`), `mask_noise` (when `mask_noise_shape` is set), `skipped`: a list of messages,
         one per study left out, and `truncated`: ``"study index N (K tokens)"`` for each report cut to
         `max_length` (the training loop names each study once and summarises, instead of one warning per batch).
         When every study of the batch was left out, only `skipped` and an empty `truncated` are returned.
@@ -114,9 +126,13 @@ class AltaPretrainingCollator:
         augment: bool = True,
         shuffle_reports: bool = True,
         mask_noise_shape: tuple[int, int] | None = None,
+        padding: str = "longest",
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length'; got {padding!r}")
+        self.padding = padding
         self.processor = processor
         self.mlm_probability = mlm_probability
         self.max_length = max_length
@@ -178,18 +194,26 @@ class AltaPretrainingCollator:
             train=self.augment,
             generator=[image_rng for image_rng, _, _, _ in streams],
             return_reconstruction=True,
+            # The model derives slot 0 from the reconstruction-size frontal: its own crop would be thrown away.
+            reconstruction_replaces_frontal=True,
         )
         truncated: list[str] = []
         text = encode_texts(
             self.processor.tokenizer,
             reports,
             max_length=self.max_length,
+            padding=self.padding,
             return_tensors="pt",
             names=[f"study index {index}" for index in indices],
             truncated=truncated,
         )
         mlm_input_ids, mlm_labels = mask_tokens(
-            text["input_ids"], self.special_ids, self.mask_token_id, self.mlm_probability, [s[2] for s in streams]
+            text["input_ids"],
+            self.special_ids,
+            self.mask_token_id,
+            self.mlm_probability,
+            [s[2] for s in streams],
+            draw_length=self.max_length,
         )
         batch: dict[str, Any] = {
             "pixel_values": images["pixel_values"],

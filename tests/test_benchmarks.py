@@ -56,13 +56,20 @@ def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest
         ("bench_align.py", "| 2 processes (gloo) |"),
         ("bench_embed.py", "| 1 | fp32 | 4 | 1 |"),  # alta-embed against the model alone
         ("bench_checkpoint_faults.py", "| `verify_checkpoint`"),
+        ("bench_issue14.py", "| text tower + MLM copy fwd+bwd, dropout"),
+        ("bench_contention.py", "| this checkout, package | yes |"),
+        ("bench_align_demo.py", "| this checkout |"),
     ],
 )
-def test_quick_run_of_data_and_training_benchmarks(script: str, marker: str, real_cxr_dir: Path) -> None:
+def test_quick_run_of_data_and_training_benchmarks(
+    script: str, marker: str, real_cxr_dir: Path, request: pytest.FixtureRequest
+) -> None:
     command = [sys.executable, str(BENCHMARKS / script), "--quick"]
+    if script == "bench_issue14.py":  # the tokenizer vocabulary lives with the parity goldens
+        command += ["--tokenizer", str(request.getfixturevalue("parity_dir") / "BiomedVLP-CXR-BERT-specialized")]
     if script == "bench_preprocess.py":
         command += ["--images", str(real_cxr_dir / "nih")]
-    if script == "bench_embed.py":
+    if script in ("bench_embed.py", "bench_issue14.py"):
         command += ["--device", "cpu", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS.parent)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=BENCHMARKS.parent)

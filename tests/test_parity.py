@@ -219,8 +219,14 @@ def test_training_intermediates(parity_dir: Path, pretraining_model: AltaForPreT
     torch.testing.assert_close(out.image_conditioning, g("bert_embed_out"), **FEATURE_TOL)
     torch.testing.assert_close(out.text_embeds, F.normalize(g("txt_cls_projected"), dim=-1), **FEATURE_TOL)
     torch.testing.assert_close(out.text_local_embeds, g("txt_local_projected"), **FEATURE_TOL)
+    # By default the MLM head runs on the masked positions only; the full logits are still compared at them.
+    torch.testing.assert_close(out.mlm_logits, g("txt_logits_at_masked"), **FEATURE_TOL)
+    with torch.no_grad():
+        full = pretraining_model(**_train_inputs(golden, scenario), return_full_mlm_logits=True)
     masked = golden["labels"] != -100
-    torch.testing.assert_close(out.mlm_logits[masked], g("txt_logits_at_masked"), **FEATURE_TOL)
+    assert full.mlm_logits.shape == (*golden["labels"].shape, g("txt_logits_at_masked").shape[-1])
+    torch.testing.assert_close(full.mlm_logits[masked], g("txt_logits_at_masked"), **FEATURE_TOL)
+    torch.testing.assert_close(full.mlm_loss, out.mlm_loss, **LOSS_TOL)
     torch.testing.assert_close(out.reconstruction_logits[..., :96], g("pred_first96"), **FEATURE_TOL)
     latent_tokens = torch.cat([out.slot_embeds[:, :1], out.patch_embeds[:, : g("latent").shape[1] - 1]], dim=1)
     torch.testing.assert_close(latent_tokens, g("latent"), **FEATURE_TOL)

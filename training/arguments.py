@@ -95,7 +95,14 @@ class DataArguments:
             "process): a wrong --image_root or an unmounted folder fails fast instead of skipping every study."
         },
     )
-    max_length: int = field(default=128, metadata={"help": "Report length in tokens."})
+    max_length: int = field(default=128, metadata={"help": "Longest report in tokens (longer ones are truncated)."})
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Pad every batch to --max_length (the reference) instead of to its longest report; same losses, "
+            "more text-tower work."
+        },
+    )
     mlm_probability: float = field(default=0.5, metadata={"help": "Share of report tokens masked for MLM."})
     augment: bool = field(default=True, metadata={"help": "Random affine + jitter (shared current/prior draws)."})
     shuffle_reports: bool = field(default=True, metadata={"help": "Shuffle report sentences (as the reference)."})
@@ -111,6 +118,13 @@ class DataArguments:
 class AlignArguments:
     output_dir: str = field(default="outputs/align", metadata={"help": "Where checkpoints and the model go."})
     per_device_train_batch_size: int = field(default=24, metadata={"help": "Studies per process per step."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Group studies of similar report length into batches (less padding; the same batches on any "
+            "number of processes and workers, exact resume)."
+        },
+    )
     gradient_accumulation_steps: int = field(
         default=1,
         metadata={
@@ -141,7 +155,16 @@ class AlignArguments:
     local_loss_weight: float = field(default=1.0)
     reconstruction_loss_weight: float = field(default=1.0)
     mlm_loss_weight: float = field(default=1.0)
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (the reference trains in fp16)."})
+    mixed_precision: str = field(
+        default="no",
+        metadata={
+            "help": "no | fp16 | bf16 (the reference trains in fp16). On a CPU without native support for it "
+            "(bf16: AVX512_BF16 or AMX-BF16) it runs fp32 with a warning, unless --force_cpu_mixed_precision."
+        },
+    )
+    force_cpu_mixed_precision: bool = field(
+        default=False, metadata={"help": "Use --mixed_precision on a CPU that would emulate it (slow)."}
+    )
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients (the reference does not)."})
     cpu: bool = field(default=False, metadata={"help": "Force CPU (also needed for multi-process CPU runs)."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps."})

@@ -32,9 +32,15 @@ def build_accelerator(args: AlignArguments):
 
     # Without cpu=True, a CPU launch with several processes silently runs independent single processes.
     cpu = args.cpu or not torch.cuda.is_available()
+    mixed_precision = args.mixed_precision
+    if cpu and mixed_precision != "no":
+        from inference.precision import cpu_precision
+
+        # Emulated bf16/fp16 is several times slower than fp32: warn and run fp32 unless forced.
+        mixed_precision = cpu_precision(mixed_precision, args.force_cpu_mixed_precision)
     accelerator = Accelerator(
         cpu=cpu,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=mixed_precision,
         log_with=trackers(args.report_to) or None,
         project_dir=args.output_dir,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],

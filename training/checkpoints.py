@@ -120,6 +120,7 @@ def run_settings(args: AlignArguments, num_processes: int, dataset) -> dict[str,
         "num_processes": int(num_processes),
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "seed": args.seed,
+        "group_by_length": bool(getattr(args, "group_by_length", False)),
         "dataset": dataset_fingerprint(dataset),
     }
 
@@ -129,6 +130,7 @@ _SETTING_FLAGS = {
     "num_processes": "the number of processes (accelerate launch --num_processes)",
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     "seed": "--seed",
+    "group_by_length": "--group_by_length",
     "dataset": "the training data (--dataset_path / --train_csv / --max_train_samples)",
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,9 +32,26 @@ def load_train_dataset(data_args: DataArguments):
 
 class GlobalBatchSampler(Sampler[list[int]]):
     """Per-epoch shuffled batches, sharded so that the processes' batches of one step, concatenated in rank order,
-    are exactly the one-process batch of `batch_size * world_size` studies. Drops the last incomplete batch."""
+    are exactly the one-process batch of `batch_size * world_size` studies. Drops the last incomplete batch.
 
-    def __init__(self, num_samples: int, batch_size: int, world_size: int, rank: int, seed: int) -> None:
+    With `lengths` (one number per study, e.g. its report's token count) the global batches are grouped by length:
+    the epoch's shuffled order is cut into groups of `group_batches` global batches, each group is sorted by length
+    (longest first, ties in shuffled order) and cut into global batches, and the global batches of the epoch are
+    shuffled again. A batch padded to its longest report then carries little padding. Everything is drawn from
+    `(seed, epoch)` alone and sharded after grouping, so the batches do not depend on the number of processes or
+    DataLoader workers, and `set_epoch(epoch, start_batch)` resumes exactly.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        lengths: Sequence[int] | None = None,
+        group_batches: int = 64,
+    ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.world_size = world_size
@@ -48,6 +65,12 @@ class GlobalBatchSampler(Sampler[list[int]]):
                 f"The dataset has {num_samples} studies, fewer than one global batch "
                 f"({batch_size} per process x {world_size} processes)."
             )
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"got {len(lengths)} lengths for {num_samples} studies")
+        if group_batches < 1:
+            raise ValueError(f"group_batches must be >= 1; got {group_batches}")
+        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        self.group_batches = int(group_batches)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = int(epoch), int(start_batch)
@@ -55,12 +78,41 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.num_samples // self.global_batch - self.start_batch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's global batches (every process's studies of each step, in rank order)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=generator).tolist()
-        for b in range(self.start_batch, self.num_samples // self.global_batch):
-            start = b * self.global_batch + self.rank * self.batch_size
-            yield order[start : start + self.batch_size]
+        size, count = self.global_batch, self.num_samples // self.global_batch
+        if self.lengths is None:
+            return [order[b * size : (b + 1) * size] for b in range(count)]
+        lengths, group = self.lengths, size * self.group_batches
+        batches = []
+        for start in range(0, self.num_samples, group):
+            members = sorted(order[start : start + group], key=lambda i: -lengths[i])  # stable
+            batches += [members[k : k + size] for k in range(0, len(members) - size + 1, size)]
+        # Only the last group can leave studies out (its shortest, fewer than a batch), so there are `count`
+        # batches; shuffle them so that the lengths do not trend through the epoch.
+        return [batches[i] for i in torch.randperm(count, generator=generator).tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches()[self.start_batch :]:
+            yield batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+
+def report_lengths(dataset, tokenizer, max_length: int, chunk: int = 4096) -> list[int]:
+    """Token count of every study's report (special tokens included, at most `max_length`): what the length-grouped
+    sampler groups by. Reads only the `report` column."""
+    if "report" not in getattr(dataset, "column_names", ()):
+        raise ValueError(
+            f"--group_by_length needs a 'report' column in the training data; it has {dataset.column_names}"
+        )
+    reports = list(dataset["report"])
+    lengths: list[int] = []
+    for start in range(0, len(reports), chunk):
+        texts = [r if isinstance(r, str) else "" for r in reports[start : start + chunk]]
+        ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        lengths += [len(x) for x in ids]
+    return lengths
 
 
 def build_dataloader(
@@ -74,9 +126,17 @@ def build_dataloader(
     from processing.collate import AltaPretrainingCollator
     from processing.datasets import IndexedStudies
 
+    lengths = None
+    if args.group_by_length:  # before the study transform is installed: only the report column is read
+        lengths = report_lengths(dataset, processor.tokenizer, data_args.max_length)
     studies = IndexedStudies(dataset)
     sampler = GlobalBatchSampler(
-        len(studies), args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index, args.seed
+        len(studies),
+        args.per_device_train_batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        args.seed,
+        lengths=lengths,
     )
     collator = AltaPretrainingCollator(
         processor,
@@ -86,6 +146,7 @@ def build_dataloader(
         augment=data_args.augment,
         shuffle_reports=data_args.shuffle_reports,
         mask_noise_shape=(vision_config.num_slots, vision_config.num_patches),
+        padding="max_length" if data_args.pad_to_max_length else "longest",
     )
     loader = DataLoader(
         studies,
@@ -97,4 +158,4 @@ def build_dataloader(
     return loader, sampler, collator
 
 
-__all__ = ["GlobalBatchSampler", "build_dataloader", "load_train_dataset"]
+__all__ = ["GlobalBatchSampler", "build_dataloader", "load_train_dataset", "report_lengths"]

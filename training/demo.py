@@ -31,6 +31,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# Before torch loads the OpenMP runtime: idle threads sleep instead of spinning (training/threads.py).
+import training.openmp_defaults  # noqa: F401, I001
+
 import torch
 
 from modeling_alta.configuration_alta import STUDY_SLOTS

@@ -7,7 +7,9 @@ as negatives (as the reference does), while `accelerator.gather` would drop the 
 `AltaForPreTraining(..., return_loss=True)` exactly.
 
 Per-process batch sizes may differ (a process that dropped an unreadable study): rows are padded to the largest
-size before the gather and the padding is removed after it, so every process scores the same global batch.
+size before the gather and the padding is removed after it, so every process scores the same global batch. So are
+per-process report lengths (each batch is padded to its longest report): the word axis of the local features is
+padded to the longest on any process.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.distributed as dist
 
 from modeling_alta.modeling_alta import AltaForPreTrainingOutput, alta_contrastive_loss, alta_local_loss
 
-from .distributed import gather_with_grad, world_info
+from .distributed import gather_with_grad, pad_to_global_max, world_info
 
 
 def _gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -97,7 +99,9 @@ class AltaPretrainingLoss(torch.nn.Module):
             terms["contrastive_loss"] = local
         if self.local_weight > 0:
             image_local = outputs.image_local_embeds.float()
-            text_local = outputs.text_local_embeds.float()
+            # Each process pads its batch to its own longest report: the word axis is padded to the longest of all
+            # processes before the gather (words past `cap_lens` are masked, so the loss does not change).
+            text_local = pad_to_global_max(outputs.text_local_embeds.float(), dim=1)
             cap_lens = outputs.cap_lens
             s1, s2, s3 = outputs.logit_scale_local
             local = alta_local_loss(

@@ -123,7 +123,10 @@ class InterruptMonitor:
             for signum in data:
                 if signum == 0:
                     return
-                self.handle(signum)
+                # The wakeup fd receives every signal that has a Python handler, not only ours: e.g. SIGCHLD, which
+                # the DataLoader handles, arrives whenever a worker process ends (each epoch).
+                if signum in HANDLED_SIGNALS:
+                    self.handle(signum)
 
     def handle(self, signum: int) -> None:
         """What a received signal does (called by the watcher thread)."""

@@ -130,3 +130,29 @@ def test_text_length_comes_from_the_processor(model_and_processor):
     assert default_text_length(processor) == processor.max_length == 128
     with pytest.raises(TypeError, match="takes the processor"):
         default_text_length(model)
+
+
+def test_texts_are_padded_per_chunk_and_come_back_in_order(model_and_processor):
+    """Chunks padded to their longest text (sorted by length or not) give the features of texts padded to 128."""
+    from modeling_alta.processing_alta import encode_texts
+
+    model, processor = model_and_processor
+    texts = ["no acute process", "small left pleural effusion with bibasilar atelectasis", "cardiomegaly",
+             "", "the heart is enlarged. there is a small right effusion. no pneumothorax."] * 3  # fmt: skip
+    enc = encode_texts(processor.tokenizer, texts, 128, allow_empty=True, return_tensors="pt")
+    with torch.no_grad():
+        padded = model.get_text_features(**enc).pooler_output
+    expected = torch.nn.functional.normalize(padded, dim=-1)
+    for sort in (True, False):
+        for batch_size in (1, 4, 64):
+            got = embed_texts(model, processor, texts, batch_size=batch_size, sort_by_length=sort, progress=False)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=f"sort={sort} batch={batch_size}")
+    # chunks are padded to their own longest text: the short ones never reach 128 positions
+    seen = []
+    hook = model.text_model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    try:
+        embed_texts(model, processor, texts, batch_size=3, progress=False)
+    finally:
+        hook.remove()
+    longest = int(enc["attention_mask"].sum(1).max())
+    assert max(seen) == longest < 128 and sorted(seen, reverse=True) == seen and min(seen) < longest

@@ -572,3 +572,94 @@ def test_legacy_text_max_length_is_read_and_dropped(tmp_path) -> None:
     saved = (tmp_path / "text" / "config.json").read_text()
     assert "max_length" not in saved
     assert AltaTextConfig.from_pretrained(tmp_path / "text").hidden_size == 64
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cheaper dropout (issue 14): the same distribution and train/eval behaviour as F.dropout
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_alta_dropout_has_the_dropout_distribution() -> None:
+    from modeling_alta.modeling_alta import alta_dropout
+
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    out = alta_dropout(x, 0.25, training=True)
+    kept = out != 0
+    share = kept.float().mean().item()
+    assert abs(share - 0.75) < 5 * math.sqrt(0.75 * 0.25 / x.numel())  # 5 sigma
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    # independent elements: neighbours (same 32-bit draw) are not correlated
+    a, b = kept.flatten()[0::4].float(), kept.flatten()[1::4].float()
+    assert abs(((a - a.mean()) * (b - b.mean())).mean().item()) < 5 * 0.75 * 0.25 / math.sqrt(a.numel())
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach())  # gradient = keep mask x scale
+    # reproducible from the global seed, fresh draws otherwise
+    torch.manual_seed(0)
+    assert torch.equal(alta_dropout(x, 0.25, training=True), out)
+    assert not torch.equal(alta_dropout(x, 0.25, training=True), out)
+    # identity in eval or at p = 0; other probabilities are F.dropout's
+    assert alta_dropout(x, 0.25, training=False) is x and alta_dropout(x, 0.0, training=True) is x
+    torch.manual_seed(1)
+    other = alta_dropout(x, 0.1, training=True)
+    torch.manual_seed(1)
+    assert torch.equal(other, F.dropout(x, 0.1, training=True))
+
+
+def test_text_tower_dropout_modules_and_attention_kernel() -> None:
+    from modeling_alta.modeling_alta import AltaDropout, _attention_function, alta_eager_attention
+
+    config = load_preset("alta-tiny")
+    model = AltaModel(config)
+    text = model.text_model
+    assert isinstance(text.embeddings.dropout, AltaDropout) and text.embeddings.dropout.p == 0.25
+    text_config = config.text_config
+    # with CPU attention dropout of a multiple of 1/256, eager attention with byte draws replaces SDPA's fallback
+    assert _attention_function(text_config, False, 0.25, "cpu") is alta_eager_attention
+    assert _attention_function(text_config, False, 0.1, "cpu") is not alta_eager_attention
+    assert _attention_function(text_config, False, 0.25, "cuda") is not alta_eager_attention
+    assert _attention_function(text_config, False, 0.0, "cpu") is not alta_eager_attention
+    ids = torch.randint(5, 100, (2, 12))
+    mask = torch.ones_like(ids)
+    model.eval()
+    with torch.no_grad():
+        a, b = (model.get_text_features(ids, mask).pooler_output for _ in range(2))
+    assert torch.equal(a, b)  # eval: no dropout
+    model.train()
+    torch.manual_seed(3)
+    c = model.get_text_features(ids, mask).pooler_output
+    torch.manual_seed(3)
+    d = model.get_text_features(ids, mask).pooler_output
+    assert torch.equal(c, d) and not torch.allclose(c, a)  # train: dropout, reproducible from the seed
+
+
+def test_mlm_head_runs_on_masked_positions_only_by_default() -> None:
+    torch.manual_seed(0)
+    config = load_preset("alta-tiny", vision_config={"image_size": 32, "reconstruction_image_size": 64})
+    model = AltaForPreTraining(config).eval()
+    batch, length = 3, 10
+    ids = torch.randint(5, 100, (batch, length))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 5], labels[1, 7], labels[2, 1] = ids[0, 2], ids[1, 5], ids[1, 7], ids[2, 1]
+    inputs = {
+        "pixel_values": torch.randn(batch, 4, 3, 32, 32),
+        "reconstruction_pixel_values": torch.randn(batch, 3, 64, 64),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mlm_input_ids": torch.where(labels != -100, torch.full_like(ids, 4), ids),
+        "mlm_labels": labels,
+        "mask_noise": torch.rand(batch, 4, config.vision_config.num_patches),
+    }
+    masked_only = model(**inputs)
+    full = model(**inputs, return_full_mlm_logits=True)
+    assert masked_only.mlm_logits.shape == (4, config.text_config.vocab_size)
+    assert full.mlm_logits.shape == (batch, length, config.text_config.vocab_size)
+    torch.testing.assert_close(masked_only.mlm_logits, full.mlm_logits[labels != -100], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(masked_only.mlm_loss, full.mlm_loss, atol=0, rtol=1e-6)
+    assert int(masked_only.mlm_num_tokens) == 4
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model(**inputs, return_full_mlm_logits=flag).mlm_loss.backward()
+        grads.append(model.mlm_head.transform.dense.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -62,8 +62,12 @@ def test_batch_keys_shapes_and_slots(processor):
     assert batch["view_mask"].tolist() == [[True, True, True, False], [True, False, False, False]]
     assert batch["pixel_values"][~batch["view_mask"]].abs().sum() == 0
     assert batch["skipped"] == [] and "mask_noise" not in batch
+    longest = len(processor.tokenizer.tokenize(REPORT)) + 2  # the batch is padded to its longest report
     for key in ("input_ids", "attention_mask", "token_type_ids", "mlm_input_ids", "mlm_labels"):
-        assert batch[key].shape == (2, 128) and batch[key].dtype == torch.long, key
+        assert batch[key].shape == (2, longest) and batch[key].dtype == torch.long, key
+    assert batch["attention_mask"][0].all() and not batch["attention_mask"][1].all()
+    padded = AltaPretrainingCollator(processor, seed=0, padding="max_length")(_samples())
+    assert padded["input_ids"].shape == (2, 128)
     # sentence shuffling keeps the words
     tokens = processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0][batch["attention_mask"][0].bool()])
     reference = processor.tokenizer.tokenize(REPORT)
@@ -114,9 +118,31 @@ def test_a_study_draws_the_same_in_any_batch(processor):
     alone = collator(_samples()[1:])
     swapped = collator(_samples()[::-1])
     for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise", "view_mask"):
-        torch.testing.assert_close(alone[key][0], pair[key][1], atol=0, rtol=0, msg=key)
         torch.testing.assert_close(swapped[key][0], pair[key][1], atol=0, rtol=0, msg=key)
+        if key == "mlm_input_ids":  # alone, the short report is not padded to the other one's length
+            length = alone[key].shape[1]
+            assert length < pair[key].shape[1] and not pair["attention_mask"][1, length:].any()
+            torch.testing.assert_close(alone[key][0], pair[key][1, :length], atol=0, rtol=0, msg=key)
+        else:
+            torch.testing.assert_close(alone[key][0], pair[key][1], atol=0, rtol=0, msg=key)
     assert pair["mask_noise"].shape == (2, 4, 9)
+
+
+def test_padding_to_the_longest_report_changes_nothing_but_the_length(processor):
+    # A study's MLM draws do not depend on the length its batch is padded to: the longest-padded batch is the
+    # max_length-padded one cut at its longest report.
+    longest = AltaPretrainingCollator(processor, seed=4)(_samples())
+    full = AltaPretrainingCollator(processor, seed=4, padding="max_length")(_samples())
+    length = longest["input_ids"].shape[1]
+    assert length < full["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask", "token_type_ids", "mlm_input_ids", "mlm_labels"):
+        torch.testing.assert_close(longest[key], full[key][:, :length], atol=0, rtol=0, msg=key)
+        assert not full["attention_mask"][:, length:].any()
+    assert (full["mlm_labels"][:, length:] == IGNORE_INDEX).all()
+    for key in ("pixel_values", "reconstruction_pixel_values", "view_mask"):
+        torch.testing.assert_close(longest[key], full[key], atol=0, rtol=0, msg=key)
+    with pytest.raises(ValueError, match="padding must be"):
+        AltaPretrainingCollator(processor, padding="do_not_pad")
 
 
 def test_unreadable_samples_are_skipped_and_named(processor, tmp_path):
@@ -177,3 +203,37 @@ def test_study_randomness_does_not_depend_on_the_dataloader_worker(processor, tm
     in_workers = list(loader)[1]  # the second batch is collated by worker 1
     for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
         torch.testing.assert_close(in_workers[key], in_main[key], atol=0, rtol=0, msg=key)
+
+
+def test_the_current_frontal_is_not_cropped_twice(processor):
+    # Training derives slot 0 from the reconstruction-size frontal, so the collator does not compute its own crop:
+    # the same draws, the same other slots, and the same model outputs as with the crop.
+    from configuration import load_preset
+    from modeling_alta import AltaForPreTraining
+
+    samples = _samples()
+    collator = AltaPretrainingCollator(processor, seed=3, mask_noise_shape=(4, 196))
+    batch = collator(samples)
+    studies = [{k: v for k, v in s.items() if k in ("frontal", "lateral", "prior_frontal", "prior_lateral")}
+               for s in samples]  # fmt: skip
+    streams = [np.random.default_rng(7), np.random.default_rng(8)]
+    kwargs = {"return_tensors": "pt", "train": True, "return_reconstruction": True}
+    with_crop = processor.image_processor(studies, generator=streams, **kwargs)
+    streams = [np.random.default_rng(7), np.random.default_rng(8)]
+    without = processor.image_processor(studies, generator=streams, reconstruction_replaces_frontal=True, **kwargs)
+    assert without["pixel_values"][:, 0].abs().sum() == 0 and without["view_mask"][:, 0].all()
+    assert with_crop["pixel_values"][:, 0].abs().sum() > 0
+    for key in ("view_mask", "reconstruction_pixel_values"):
+        assert torch.equal(with_crop[key], without[key]), key
+    assert torch.equal(with_crop["pixel_values"][:, 1:], without["pixel_values"][:, 1:])
+    assert batch["pixel_values"][:, 0].abs().sum() == 0 and batch["view_mask"][:, 0].all()
+
+    torch.manual_seed(0)
+    model = AltaForPreTraining(load_preset("alta-tiny")).eval()
+    inputs = {k: v for k, v in batch.items() if k not in ("skipped", "truncated")}
+    cropped = {**inputs, "pixel_values": with_crop["pixel_values"].clone()}
+    cropped["pixel_values"][:, 1:] = inputs["pixel_values"][:, 1:]
+    with torch.no_grad():
+        a, b = model(**inputs), model(**cropped)
+    for key in ("contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key

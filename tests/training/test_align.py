@@ -74,14 +74,18 @@ def test_smoke_run_writes_a_loadable_folder(tmp_path: Path, parity_dir: Path, da
 
 def test_resume_continues_exactly(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
     # Uninterrupted: 6 steps (2 epochs of 3 batches); checkpoints every 2 steps.
-    full = main(_argv(parity_dir, dataset, tmp_path / "a", "--max_steps", "6", "--checkpointing_steps", "2"))
+    # Batches grouped by report length (the sampler's resume path is the same with and without it).
+    grouped = ("--group_by_length", "true")
+    full = main(_argv(parity_dir, dataset, tmp_path / "a", "--max_steps", "6", "--checkpointing_steps", "2", *grouped))
     # Interrupted: stop after 4 steps (mid-epoch 2), then resume from the latest checkpoint to step 6.
-    first = main(_argv(parity_dir, dataset, tmp_path / "b", "--max_steps", "4", "--checkpointing_steps", "2"))
+    first = main(
+        _argv(parity_dir, dataset, tmp_path / "b", "--max_steps", "4", "--checkpointing_steps", "2", *grouped)
+    )
     assert first["global_step"] == 4
     resumed = main(
         _argv(
             parity_dir, dataset, tmp_path / "b", "--max_steps", "6", "--checkpointing_steps", "2",
-            "--resume_from_checkpoint", "latest",
+            "--resume_from_checkpoint", "latest", *grouped,
         )
     )  # fmt: skip
     state = json.loads((tmp_path / "b" / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
@@ -105,7 +109,8 @@ def test_checkpoint_rotation_keeps_last_k(tmp_path: Path, parity_dir: Path, data
 
 
 def test_two_cpu_processes_equal_one(tmp_path: Path, parity_dir: Path, dataset: Path) -> None:
-    common = ["--max_steps", "2", "--text_dropout", "0.0", "--augment", "false"]
+    # Length-grouped batches, each process's padded to its own longest report: still the one-process run.
+    common = ["--max_steps", "2", "--text_dropout", "0.0", "--augment", "false", "--group_by_length", "true"]
     one = main(_argv(parity_dir, dataset, tmp_path / "one", *common))
     argv = _argv(parity_dir, dataset, tmp_path / "two", *common)
     argv[argv.index("--per_device_train_batch_size") + 1] = "2"
@@ -218,6 +223,38 @@ def test_schedule_and_sampler() -> None:
         assert joined == list(one)
     one.set_epoch(1, start_batch=1)
     assert len(list(one)) == 1
+
+
+def test_length_grouped_sampler_keeps_the_guarantees() -> None:
+    lengths = [(i * 37) % 101 + 3 for i in range(103)]  # 103 studies, lengths 3..103
+    one = GlobalBatchSampler(103, 8, 1, 0, seed=5, lengths=lengths, group_batches=4)
+    ranks = [GlobalBatchSampler(103, 2, 4, r, seed=5, lengths=lengths, group_batches=4) for r in range(4)]
+    plain = GlobalBatchSampler(103, 8, 1, 0, seed=5)
+    for epoch in (0, 1):
+        for sampler in (one, plain, *ranks):
+            sampler.set_epoch(epoch)
+        batches = list(one)
+        # the same global batches on 1 and 4 processes
+        assert [sum(parts, []) for parts in zip(*[list(r) for r in ranks])] == batches
+        assert len(batches) == len(plain) == 103 // 8 and all(len(b) == 8 for b in batches)
+        flat = sum(batches, [])
+        assert len(set(flat)) == len(flat)
+        # much less padding than random batches: each batch padded to its longest report
+        padded = sum(8 * max(lengths[i] for i in b) for b in batches)
+        padded_plain = sum(8 * max(lengths[i] for i in b) for b in plain)
+        assert padded < 0.8 * padded_plain, (padded, padded_plain)
+    one.set_epoch(0)
+    epoch0 = list(one)
+    one.set_epoch(1)
+    assert list(one) != epoch0  # reshuffled every epoch
+    # exact resume: starting at batch k gives the rest of the epoch
+    one.set_epoch(1, start_batch=5)
+    resumed = list(one)
+    assert len(resumed) == len(one) == 103 // 8 - 5
+    one.set_epoch(1)
+    assert resumed == list(one)[5:]
+    with pytest.raises(ValueError, match="lengths for 103 studies"):
+        GlobalBatchSampler(103, 8, 1, 0, seed=5, lengths=lengths[:-1])
 
 
 def test_loss_module_equals_model_loss_in_one_process() -> None:

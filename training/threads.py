@@ -1,0 +1,61 @@
+"""The OpenMP wait policy of the package's command-line programs (imports nothing heavy: it must run before torch).
+
+PyTorch's CPU wheels run their thread pool on GNU OpenMP (libgomp). With no `OMP_WAIT_POLICY` set, a worker thread
+that finishes its share of a parallel region keeps spinning for a while before it sleeps. Alone on idle cores that
+saves a wake-up; with other busy processes on the cores (another job, DataLoader workers, a shared machine) the
+spinning threads take the cores from the threads doing the work, and every region waits for its slowest thread.
+ALTA's step issues its parallel regions back to back, so its threads almost never sleep: with one competing busy
+process the step became 1.5x slower than the reference's, and on a shared 2-core machine the demo-size step ran
+about 10x slower than with `OMP_WAIT_POLICY=PASSIVE` (benchmarks/RESULTS.md §12, `benchmarks/bench_contention.py`).
+
+libgomp reads the policy once, when torch loads it, so it cannot be changed from Python afterwards: the entry points
+(`training/align.py`, `training/demo.py`, `alta-embed`, `alta-evaluate`) call `configure_openmp()` before they import
+torch. A policy or spin count the user set (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+
+# Set when the user set none of these.
+USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def openmp_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables to add to `environ` (default: this process's): `DEFAULTS` unless the user chose a policy."""
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in USER_SETTINGS):
+        return {}
+    return dict(DEFAULTS)
+
+
+def configure_openmp() -> bool:
+    """Set the package's OpenMP defaults in this process's environment, if torch is not loaded yet (afterwards they
+    would have no effect: libgomp has read them). Child processes inherit them. Returns whether they apply."""
+    if "torch" in sys.modules:
+        return False
+    os.environ.update(openmp_environment())
+    return True
+
+
+def alta_embed() -> None:
+    """`alta-embed` with the package's OpenMP defaults."""
+    configure_openmp()
+    from inference.embed_archive import cli
+
+    cli()
+
+
+def alta_evaluate() -> int:
+    """`alta-evaluate` with the package's OpenMP defaults."""
+    configure_openmp()
+    from evaluation.cli import main
+
+    return main()
+
+
+__all__ = ["DEFAULTS", "USER_SETTINGS", "alta_embed", "alta_evaluate", "configure_openmp", "openmp_environment"]
