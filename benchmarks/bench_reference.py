@@ -163,7 +163,7 @@ def machine_lines(threads: int) -> list[str]:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- cpu: {model}, {cores} cores available; {threads} threads per worker",
         "- cpu flags: " + ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in flags.items()),
-        f"- OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+        f"- OMP_WAIT_POLICY in the environment: {os.environ.get('OMP_WAIT_POLICY', 'unset')}",
     ]
     return lines
 
@@ -446,6 +446,12 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     reference_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # nothing of this repository there
+    try:  # the package's entry points set their OpenMP defaults before torch loads; its worker runs as they do
+        from training.threads import openmp_environment
+
+        env.update(openmp_environment(env))
+    except ImportError:  # a checkout that predates them
+        pass
     common = ["--workspace", str(workspace), "--spec", json.dumps(spec)]
     workers: dict[str, Worker] = {}
     try:
@@ -478,11 +484,13 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
     pkg_prompts = [p for texts in pkg["prompts"].values() for p in texts]
     lengths = spec["report_lengths"]
     print(
-        f"- reference: torch {ref['torch']}, transformers {ref.get('transformers')}; parameters "
+        f"- reference: torch {ref['torch']}, transformers {ref.get('transformers')}, OMP_WAIT_POLICY "
+        f"{ref.get('omp_wait_policy') or 'unset'}; parameters "
         f"{ref['parameters']['total']:,}, trainable {ref['parameters']['trainable']:,}; {len(ref_prompts)} prompts"
     )
     print(
-        f"- package: torch {pkg['torch']}, transformers {pkg.get('transformers')}; parameters "
+        f"- package: torch {pkg['torch']}, transformers {pkg.get('transformers')}, OMP_WAIT_POLICY "
+        f"{pkg.get('omp_wait_policy') or 'unset'}; parameters "
         f"{pkg['parameters']['total']:,}, trainable {pkg['parameters']['trainable']:,}; {len(pkg_prompts)} prompts"
     )
     if sorted(ref_prompts) != sorted(pkg_prompts):
