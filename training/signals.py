@@ -123,7 +123,10 @@ class InterruptMonitor:
             for signum in data:
                 if signum == 0:
                     return
-                self.handle(signum)
+                # The wakeup fd carries every signal that has a Python handler, not only ours: the DataLoader's
+                # SIGCHLD handler fires whenever a worker exits (at each epoch end), which is no stop request.
+                if signum in HANDLED_SIGNALS:
+                    self.handle(signum)
 
     def handle(self, signum: int) -> None:
         """What a received signal does (called by the watcher thread)."""
