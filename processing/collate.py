@@ -39,9 +39,11 @@ def mask_tokens(
     mask_token_id: int,
     probability: float = 0.5,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    always_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's MLM rule: each non-special token is picked with `probability` and *every* picked token
-    becomes ``[MASK]`` (no 80/10/10 split, despite the reference docstring).
+    becomes ``[MASK]`` (no 80/10/10 split, despite the reference docstring). Tokens in `always_ids` are picked
+    wherever they occur, on top of that draw (the draws are the same with or without them).
 
     Args:
         input_ids: long ``[B, L]``.
@@ -50,6 +52,8 @@ def mask_tokens(
         probability: masking probability (0.5 in ALTA).
         generator: one torch generator for the whole batch, or one per row (row `i` draws ``[1, L]`` from its own
             generator, so a study's mask does not depend on its batch).
+        always_ids: ids masked in every report (e.g. the words that name a finding, so that predicting them needs
+            the image and not the rest of the report); empty for the reference rule.
 
     Returns:
         ``(mlm_input_ids, mlm_labels)``, both long ``[B, L]``; labels are the original ids where masked and -100
@@ -64,7 +68,10 @@ def mask_tokens(
         draws = torch.cat([torch.rand((1, input_ids.shape[1]), generator=g) for g in generator])
     else:
         draws = torch.rand(input_ids.shape, generator=generator)
-    picked = (draws < probability) & ~special
+    picked = draws < probability
+    if len(always_ids):
+        picked |= torch.isin(input_ids, torch.as_tensor(list(always_ids), dtype=input_ids.dtype))
+    picked &= ~special
     mlm_input_ids = torch.where(picked, torch.full_like(input_ids, mask_token_id), input_ids)
     mlm_labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     return mlm_input_ids, mlm_labels
@@ -89,6 +96,8 @@ class AltaPretrainingCollator:
     Args:
         processor: an `AltaProcessor` (image processor + CXR-BERT tokenizer).
         mlm_probability: share of non-special report tokens replaced by ``[MASK]`` (0.5).
+        mlm_always_mask_ids: token ids masked wherever they occur, on top of the `mlm_probability` draw (see
+            `mask_tokens`; empty by default, the reference rule).
         max_length: report length in tokens (128); longer reports are truncated and listed in `truncated`.
         seed: base seed of every study's random streams (see the module docstring).
         augment: apply the training image augmentation (random affine + jitter with shared current/prior draws).
@@ -114,6 +123,7 @@ class AltaPretrainingCollator:
         augment: bool = True,
         shuffle_reports: bool = True,
         mask_noise_shape: tuple[int, int] | None = None,
+        mlm_always_mask_ids: Sequence[int] = (),
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
@@ -124,6 +134,7 @@ class AltaPretrainingCollator:
         self.augment = augment
         self.shuffle_reports = shuffle_reports
         self.mask_noise_shape = mask_noise_shape
+        self.mlm_always_mask_ids = tuple(int(i) for i in mlm_always_mask_ids)
         self.epoch = 0
         tokenizer = processor.tokenizer
         self.mask_token_id = tokenizer.mask_token_id
@@ -189,7 +200,12 @@ class AltaPretrainingCollator:
             truncated=truncated,
         )
         mlm_input_ids, mlm_labels = mask_tokens(
-            text["input_ids"], self.special_ids, self.mask_token_id, self.mlm_probability, [s[2] for s in streams]
+            text["input_ids"],
+            self.special_ids,
+            self.mask_token_id,
+            self.mlm_probability,
+            [s[2] for s in streams],
+            always_ids=self.mlm_always_mask_ids,
         )
         batch: dict[str, Any] = {
             "pixel_values": images["pixel_values"],

@@ -19,7 +19,16 @@ def test_demo_quick_writes_eval_results(tmp_path: Path) -> None:
         "backbone_before_alta",
         "baseline_random_backbone",
         "baseline_frontal_only",
+        "clip_scratch_alta_time",
+        "clip_scratch_total_time",
     }
+    for name, run in results["runs"].items():  # every row reports its cost, FLOPs counted on one step
+        assert run["train_steps"] > 0 and run["train_seconds"] > 0, name
+        assert run["flops_per_step"] > 0 and run["train_flops"] == run["flops_per_step"] * run["train_steps"], name
+    clip = results["runs"]["clip_scratch_total_time"]
+    assert clip["trainable_parameters"] > results["trainable_parameters"]  # the whole model trains
+    table = (tmp_path / "demo" / "table.md").read_text()
+    assert "CLIP from scratch" in table and "train FLOPs" in table
     curve = json.loads(Path(results["model_dir"], "train_results.json").read_text())["loss_curve"]
     assert curve and {"step", "contrastive_loss", "total_loss"} <= set(curve[-1])
     assert 0.0 <= results["zero_shot_accuracy"] <= 1.0
