@@ -251,7 +251,8 @@ class AltaVisionConfig(PretrainedConfig):
             How a study's slot CLS tokens become one embedding: `"all"` averages every slot, missing views
             included (what ALTA is trained with); `"present"` averages the present slots only.
         mask_ratio (`float`, *optional*, defaults to 0.75):
-            Fraction of patches removed per frame during pre-training.
+            Fraction of patches removed per frame during pre-training (0 keeps every patch: no reconstruction loss
+            then, e.g. a contrastive-only run).
         decoder_hidden_size (`int`, *optional*, defaults to 768):
             Width of the MAE decoder.
         decoder_num_hidden_layers (`int`, *optional*, defaults to 4):
@@ -349,8 +350,8 @@ class AltaVisionConfig(PretrainedConfig):
             raise ValueError(
                 f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})."
             )
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"`mask_ratio` must be in (0, 1); got {self.mask_ratio}.")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in [0, 1); got {self.mask_ratio}.")
         if self.reconstruction_image_size % self.reconstruction_patch_size != 0:
             raise ValueError(
                 f"`reconstruction_image_size` ({self.reconstruction_image_size}) must be divisible by "

@@ -2103,6 +2103,11 @@ class AltaForPreTraining(AltaPreTrainedModel):
                 "The reconstruction loss needs `reconstruction_pixel_values` (the current frontal at "
                 f"{vision.reconstruction_image_size}px); pass it or set reconstruction_loss_weight=0."
             )
+        if vision_out.mask is None:
+            raise ValueError(
+                "The reconstruction loss needs masked patches, but the mask ratio is 0: set `mask_ratio` > 0 or "
+                "reconstruction_loss_weight=0."
+            )
         latent = torch.cat([vision_out.slot_embeds[:, :1], self._slot0_patches(vision_out)], dim=1)
         logits = self.decoder(latent, vision_out.ids_restore)
         loss = alta_reconstruction_loss(

@@ -40,9 +40,11 @@ def mask_tokens(
     probability: float = 0.5,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     draw_length: int | None = None,
+    always_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's MLM rule: each non-special token is picked with `probability` and *every* picked token
-    becomes ``[MASK]`` (no 80/10/10 split, despite the reference docstring).
+    becomes ``[MASK]`` (no 80/10/10 split, despite the reference docstring). Tokens in `always_ids` are picked
+    wherever they occur, on top of that draw (the draws are the same with or without them).
 
     Args:
         input_ids: long ``[B, L]``.
@@ -54,6 +56,8 @@ def mask_tokens(
             the length its batch is padded to).
         draw_length: draws per row with per-row generators (default `L`); give the longest possible length (the
             collator's `max_length`) when batches are padded to their longest text.
+        always_ids: ids masked in every report (e.g. the words that name a finding, so that predicting them needs
+            the image and not the rest of the report); empty for the reference rule.
 
     Returns:
         ``(mlm_input_ids, mlm_labels)``, both long ``[B, L]``; labels are the original ids where masked and -100
@@ -72,7 +76,10 @@ def mask_tokens(
         draws = torch.cat([torch.rand((1, draw_length), generator=g)[:, :length] for g in generator])
     else:
         draws = torch.rand(input_ids.shape, generator=generator)
-    picked = (draws < probability) & ~special
+    picked = draws < probability
+    if len(always_ids):
+        picked |= torch.isin(input_ids, torch.as_tensor(list(always_ids), dtype=input_ids.dtype))
+    picked &= ~special
     mlm_input_ids = torch.where(picked, torch.full_like(input_ids, mask_token_id), input_ids)
     mlm_labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     return mlm_input_ids, mlm_labels
@@ -101,6 +108,8 @@ class AltaPretrainingCollator:
         padding: `"longest"` (default): pad each batch to its longest report, so the text tower's work follows the
             text; `"max_length"`: pad every batch to `max_length` (the reference). Masks, losses and gradients are
             the same either way (a study's MLM draws do not depend on the padded length; padding is masked out).
+        mlm_always_mask_ids: token ids masked wherever they occur, on top of the `mlm_probability` draw (see
+            `mask_tokens`; empty by default, the reference rule).
         seed: base seed of every study's random streams (see the module docstring).
         augment: apply the training image augmentation (random affine + jitter with shared current/prior draws).
         shuffle_reports: shuffle report sentences (the reference does, in training).
@@ -127,6 +136,7 @@ class AltaPretrainingCollator:
         shuffle_reports: bool = True,
         mask_noise_shape: tuple[int, int] | None = None,
         padding: str = "longest",
+        mlm_always_mask_ids: Sequence[int] = (),
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
@@ -140,6 +150,7 @@ class AltaPretrainingCollator:
         self.augment = augment
         self.shuffle_reports = shuffle_reports
         self.mask_noise_shape = mask_noise_shape
+        self.mlm_always_mask_ids = tuple(int(i) for i in mlm_always_mask_ids)
         self.epoch = 0
         tokenizer = processor.tokenizer
         self.mask_token_id = tokenizer.mask_token_id
@@ -214,6 +225,7 @@ class AltaPretrainingCollator:
             self.mlm_probability,
             [s[2] for s in streams],
             draw_length=self.max_length,
+            always_ids=self.mlm_always_mask_ids,
         )
         batch: dict[str, Any] = {
             "pixel_values": images["pixel_values"],

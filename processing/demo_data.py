@@ -309,22 +309,14 @@ _TECHNIQUE_ONE_VIEW = (
 _COMPARISON_PRIOR = ("Comparison is made with the prior radiograph.", "Compared with the previous study.")
 _COMPARISON_NONE = ("No prior studies are available for comparison.", "No comparison study.")
 
-# Normal statements; a finding's own negation is left out of its report.
+# Normal statements, about structures no demo finding touches. A report that also stated the other organs' normals
+# ("Heart size is normal.", "No pleural effusion.") would name its finding by leaving its own organ out: with the
+# finding words masked, the rest of such a report still gave the label to a bag-of-words classifier at 0.97 (six
+# classes), so the image-conditioned MLM could be solved from the text (benchmarks/demo_probes.py).
 _NORMALS = {
-    "heart": ("Heart size is normal.", "The cardiac silhouette is within normal limits."),
-    "effusion": ("No pleural effusion.", "The costophrenic angles are sharp."),
-    "lungs": ("The lungs are clear.", "No focal consolidation."),
-    "edema": ("No pulmonary edema.", "Pulmonary vasculature is normal."),
     "pneumothorax": ("No pneumothorax.", "There is no pneumothorax."),
     "bones": ("The osseous structures are intact.", "No acute osseous abnormality."),
-}
-_EXCLUDED_NORMALS = {
-    "Atelectasis": {"lungs"},
-    "Cardiomegaly": {"heart"},
-    "Consolidation": {"lungs"},
-    "Edema": {"edema", "lungs"},
-    "Pleural Effusion": {"effusion"},
-    "No Finding": set(),
+    "mediastinum": ("The mediastinal contours are unremarkable.", "The trachea is midline."),
 }
 
 
@@ -428,8 +420,7 @@ def _report(
         else:
             body.extend([f"{finding}.", f"This is {change_phrase}."])
         impression = f"{short[0].upper()}{short[1:]}" + (f", {change_phrase}." if change_phrase else ".")
-    keys = [k for k in _NORMALS if k not in _EXCLUDED_NORMALS[label]]
-    for k in rng.permutation(keys)[: int(rng.integers(2, 4))]:
+    for k in rng.permutation(list(_NORMALS))[: int(rng.integers(1, 3))]:
         body.append(_pick(rng, _NORMALS[str(k)]))
     # The finding usually leads, but not always: report order varies in practice.
     if len(body) > 1 and rng.random() < 0.3:
@@ -662,6 +653,24 @@ BOILERPLATE = re.compile(
 )
 
 
+# Every word of the finding and impression sentences ("Mild linear atelectasis at the left lung base.", "No acute
+# cardiopulmonary process."), punctuation and the function words these sentences use included; the normal statements
+# and change phrases are what is left of a report. The demo's masked report modeling masks these words in every
+# report (`align.py --mlm_always_mask_words`): with them visible, or any of them, a bag of words of the rest of a
+# report names the label at 0.96-1.00 (six classes) and the MLM needs no image; with all of them masked, 0.22
+# (chance 0.17; the rest is "a change phrase means a finding"). See benchmarks/demo_probes.py.
+FINDING_WORDS: tuple[str, ...] = (
+    ",", "-", ".", "a", "acute", "airspace", "angle", "appearance", "at", "atelectasis", "b", "band", "base",
+    "bases", "basilar", "bibasilar", "bilateral", "blunting", "cardiac", "cardiomegaly", "cardiopulmonary", "chest",
+    "consistent", "consolidation", "costophrenic", "diffuse", "edema", "effusion", "enlarged", "extent", "focal",
+    "haziness", "heart", "in", "interstitial", "is", "kerley", "large", "lateral", "left", "like", "linear",
+    "lines", "lobe", "lower", "lung", "markedly", "mild", "mildly", "moderate", "moderately", "no", "normal", "of",
+    "on", "only", "opacities", "opacity", "patchy", "perihilar", "plate", "pleural", "posterior", "process",
+    "pulmonary", "radiograph", "right", "seen", "severe", "silhouette", "small", "the", "there", "this", "upper",
+    "view", "with",
+)  # fmt: skip
+
+
 def strip_boilerplate(report: str) -> str:
     """The report without its technique and comparison sentences (see `BOILERPLATE`)."""
     return re.sub(r"\s+", " ", BOILERPLATE.sub("", report)).strip()
@@ -800,6 +809,7 @@ __all__ = [
     "CHEXPERT_COLUMNS",
     "DEMO_CLASSES",
     "DemoStudy",
+    "FINDING_WORDS",
     "IMAGE_COLUMNS",
     "SPLITS",
     "TRAIN_CSV_COLUMNS",

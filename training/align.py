@@ -145,6 +145,7 @@ class Run:
     last_checkpoint: Path | None = None
     stop_signal: int = 0  # the signal that stopped the run (on any process), 0 if none
     interrupted: bool = False
+    flops_per_step: int | None = None  # forward + backward of one optimizer step, counted (--count_flops)
 
 
 def set_up(model_args: ModelArguments, data_args: DataArguments, args: AlignArguments) -> Run:
@@ -275,6 +276,20 @@ def forward_backward(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, floa
         raise NonFiniteLossError(f"non-finite loss {details}", poisoned_from=run.state.global_step)
     accelerator.backward(losses["loss"] / run.args.gradient_accumulation_steps)
     return {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
+
+
+def counted_forward_backward(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`forward_backward` under `torch.utils.flop_counter.FlopCounterMode` (`--count_flops`, on the first
+    micro-batch): `run.flops_per_step` is its count times the micro-batches of a step. The counter sees the
+    matrix products and attention of this process's forward and backward; the optimizer, the data pipeline and
+    elementwise operations are not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        losses = forward_backward(run, batch)
+    run.flops_per_step = int(counter.get_total_flops()) * run.args.gradient_accumulation_steps
+    return losses
 
 
 def optimizer_step(run: Run) -> None:
@@ -411,7 +426,10 @@ def train_epoch(run: Run, progress: Any, clock: tuple[float, int]) -> bool:
         studies = batch.pop("_global_studies")
         batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
         lr = set_learning_rate(run)
-        step_losses = forward_backward(run, batch)
+        if run.args.count_flops and run.flops_per_step is None:
+            step_losses = counted_forward_backward(run, batch)
+        else:
+            step_losses = forward_backward(run, batch)
         micro += 1
         state.samples_seen += studies
         if micro % accum:
@@ -552,6 +570,11 @@ def summarize(run: Run, train_seconds: float) -> dict[str, Any]:
         "truncated_examples": run.truncations.examples,
         "trainable_parameters": run.counts["trainable"],
         "total_parameters": run.counts["total"],
+        **(
+            {"flops_per_step": run.flops_per_step, "train_flops": run.flops_per_step * state.global_step}
+            if run.flops_per_step is not None
+            else {}
+        ),
         "final_losses": state.losses[-1] if state.losses else {},
         "loss_curve": loss_curve(state.losses, run.args.logging_steps),
         "interrupted": run.interrupted,

@@ -104,6 +104,14 @@ class DataArguments:
         },
     )
     mlm_probability: float = field(default=0.5, metadata={"help": "Share of report tokens masked for MLM."})
+    mlm_always_mask_words: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated words (each one token of the tokenizer) masked in every report wherever they "
+            "occur, on top of --mlm_probability: the words that name a finding, so that the image-conditioned MLM "
+            "cannot recover them from the rest of a templated report. Default: none (the reference rule)."
+        },
+    )
     augment: bool = field(default=True, metadata={"help": "Random affine + jitter (shared current/prior draws)."})
     shuffle_reports: bool = field(default=True, metadata={"help": "Shuffle report sentences (as the reference)."})
 
@@ -149,12 +157,22 @@ class AlignArguments:
         default=None, metadata={"help": "Cosine length in steps (overrides schedule_epochs)."}
     )
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps."})
-    mask_ratio: float = field(default=0.75, metadata={"help": "Share of image patches removed per frame."})
+    mask_ratio: float = field(
+        default=0.75,
+        metadata={"help": "Share of image patches removed per frame (0: none, with --reconstruction_loss_weight 0)."},
+    )
     norm_pix_loss: bool = field(default=True, metadata={"help": "Per-patch normalised reconstruction target."})
     contrastive_loss_weight: float = field(default=1.0)
     local_loss_weight: float = field(default=1.0)
     reconstruction_loss_weight: float = field(default=1.0)
     mlm_loss_weight: float = field(default=1.0)
+    count_flops: bool = field(
+        default=False,
+        metadata={
+            "help": "Count the FLOPs of the first optimizer step (torch.utils.flop_counter: matrix products and "
+            "attention, forward and backward, this process) and report flops_per_step and train_flops."
+        },
+    )
     mixed_precision: str = field(
         default="no",
         metadata={
@@ -207,5 +225,10 @@ class AlignArguments:
             )
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 0:
             raise ValueError(f"--checkpoints_total_limit must be >= 0; got {self.checkpoints_total_limit}.")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"--mask_ratio must be in (0, 1); got {self.mask_ratio}.")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"--mask_ratio must be in [0, 1); got {self.mask_ratio}.")
+        if self.mask_ratio == 0.0 and self.reconstruction_loss_weight > 0:
+            raise ValueError(
+                "--mask_ratio 0 removes no patch, so there is nothing to reconstruct: set "
+                f"--reconstruction_loss_weight 0 (got {self.reconstruction_loss_weight})."
+            )

@@ -170,23 +170,30 @@ def load_processor(source: str, config, max_length: int | None = None):
 
 
 def _backbone_trainable(model, method: str) -> None:
-    """`mae`/`backbone`: adapters off, the towers trainable (in `mae`, without the contrastive heads and scales,
-    which would get no gradient)."""
+    """`mae`/`backbone`: adapters off, the towers trainable, without the heads of the losses that are off (they would
+    get no gradient, and a count of trainable parameters should not include them): in `mae` the contrastive heads
+    and scales; with a zero weight, the MAE decoder (reconstruction), the MLM head and the image conditioning (MLM),
+    the local heads and scales (local loss). The MLM head's output matrix is the word embedding (tied) and stays."""
     model.set_adapters_enabled(False)
     unused = set()
     for module in model.alta_adapters():
         unused.update(id(p) for p in module.parameters())
-    alta = model.alta
-    if method == "mae":
-        for head in (
-            alta.vision_projection,
-            alta.vision_local_projection,
-            alta.text_projection,
-            alta.text_local_projection,
-        ):
-            unused.update(id(p) for p in head.parameters())
-        for name in ("logit_scale", "logit_scale_local1", "logit_scale_local2", "logit_scale_local3"):
-            unused.add(id(getattr(alta, name)))
+    alta, config = model.alta, model.config
+    heads, scales = [], []
+    if method == "mae" or config.contrastive_loss_weight <= 0:
+        heads += [alta.vision_projection, alta.text_projection]
+        scales += ["logit_scale"]
+    if method == "mae" or config.local_loss_weight <= 0:
+        heads += [alta.vision_local_projection, alta.text_local_projection]
+        scales += ["logit_scale_local1", "logit_scale_local2", "logit_scale_local3"]
+    if config.reconstruction_loss_weight <= 0:
+        heads.append(model.decoder)
+    if config.mlm_loss_weight <= 0:
+        heads += [model.mlm_head, model.bert_embed]
+    for head in heads:
+        unused.update(id(p) for p in head.parameters())
+    unused.update(id(getattr(alta, name)) for name in scales)
+    unused -= {id(p) for p in alta.text_model.parameters()}  # the tied word embedding trains with the text tower
     frozen_buffers = {
         id(alta.vision_model.embeddings.position_embedding),
         id(alta.vision_model.embeddings.missing_token),

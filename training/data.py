@@ -115,6 +115,23 @@ def report_lengths(dataset, tokenizer, max_length: int, chunk: int = 4096) -> li
     return lengths
 
 
+def always_mask_ids(tokenizer, words: str | None) -> list[int]:
+    """The token ids of `--mlm_always_mask_words` (comma-separated); each word must be one token of `tokenizer`."""
+    if not words:
+        return []
+    ids = []
+    for word in (w.strip() for w in words.split(",")):
+        if not word:
+            continue
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) != 1 or tokenizer.convert_tokens_to_ids(pieces[0]) == tokenizer.unk_token_id:
+            raise ValueError(
+                f"--mlm_always_mask_words: {word!r} is not one token of the tokenizer (it tokenises as {pieces})"
+            )
+        ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
+    return sorted(set(ids))
+
+
 def build_dataloader(
     dataset, processor, vision_config, data_args: DataArguments, args: AlignArguments, accelerator
 ) -> tuple[DataLoader, GlobalBatchSampler, Any]:
@@ -147,6 +164,7 @@ def build_dataloader(
         shuffle_reports=data_args.shuffle_reports,
         mask_noise_shape=(vision_config.num_slots, vision_config.num_patches),
         padding="max_length" if data_args.pad_to_max_length else "longest",
+        mlm_always_mask_ids=always_mask_ids(processor.tokenizer, data_args.mlm_always_mask_words),
     )
     loader = DataLoader(
         studies,
@@ -158,4 +176,4 @@ def build_dataloader(
     return loader, sampler, collator
 
 
-__all__ = ["GlobalBatchSampler", "build_dataloader", "load_train_dataset", "report_lengths"]
+__all__ = ["GlobalBatchSampler", "always_mask_ids", "build_dataloader", "load_train_dataset", "report_lengths"]

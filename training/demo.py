@@ -1,18 +1,26 @@
 """The built-in demo, end to end on a CPU in minutes (the README's main job):
 
-    python -m training.demo [--output_dir outputs/demo] [--num_studies 1200] [--quick]
+    python -m training.demo [--output_dir outputs/demo] [--num_studies 1200] [--seed 0] [--quick]
 
 1. generate synthetic radiograph-like studies with paired reports (`processing/demo_data.py`): frontal and lateral
    views, priors with change, six classes (the five CheXpert 5x200 findings and No Finding), some effusions
    visible only on the lateral view; train / validation / test splits;
 2. build a word-level WordPiece vocabulary from the reports (the demo has no CXR-BERT);
-3. obtain a small backbone the way ALTA expects one: masked image + report modeling with adapters off
-   (`align.py --adapter mae`, the MRM stage);
+3. obtain a small backbone with adapters off: by default masked image modeling + the global contrastive loss
+   (`align.py --adapter backbone`); `--backbone_mode mae` trains the paper's MRM stage instead (masked image +
+   image-conditioned masked report modeling), on which 150 ALTA steps stay at chance here (see `--backbone_mode`).
+   The words that name a finding are masked in every report's MLM copy, so that the report modeling needs the
+   image (`processing.demo_data.FINDING_WORDS`);
 4. align it with ALTA adapters through `training/align.py` (the backbone frozen);
-5. train two baselines with the same step budget: alignment from a random (not pretrained) backbone, and
-   alignment on frontal-only inputs;
+5. train the baselines: ALTA with the same step budget from a random (not pretrained) backbone and on frontal-only
+   inputs; CLIP trained from scratch (the whole model, global contrastive loss, no patch masking) for about the
+   wall-clock of the ALTA stage and of the backbone + ALTA stages;
 6. evaluate on held-out test studies (zero-shot accuracy over the six classes, image-to-text and text-to-image
-   P@5), run the zero-shot pipeline on a held-out image, and write `outputs/demo/eval_results.json` plus PNGs.
+   P@5), run the zero-shot pipeline on a held-out image, and write `outputs/demo/eval_results.json`, the table
+   (`table.md`) and PNGs. Every run reports its trainable parameters, steps, seconds and FLOPs (counted on its
+   first step with `torch.utils.flop_counter`, times its steps).
+
+One seed per run of the demo (`--seed`: the data and every run); `benchmarks/demo_seeds.py` repeats it over seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +46,16 @@ import training.openmp_defaults  # noqa: F401, I001
 import torch
 
 from modeling_alta.configuration_alta import STUDY_SLOTS
-from processing.demo_data import strip_boilerplate
+from processing.atomic import atomic_write_text
+from processing.demo_data import FINDING_WORDS, strip_boilerplate
 from training import align
 
 
 logger = logging.getLogger("alta.demo")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PRETRAIN_STEPS = 400
+ALIGN_STEPS = 150
+CLIP_STEPS = [150, 360]  # paired step times on 1 thread: a CLIP step 0.98x an ALTA step (see RESULTS.md §8)
 
 
 def build_vocabulary(texts: list[str], folder: Path) -> Path:
@@ -69,7 +82,12 @@ def run_align(name: str, out: Path, common: list[str], extra: list[str]) -> dict
     return align.main([*common, "--output_dir", str(out / name), *extra])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--num_studies", type=int, default=1200)
@@ -79,10 +97,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=146,
         help="side of the generated radiographs (the model resizes to 146, crops 128)",
     )
-    parser.add_argument("--pretrain_steps", type=int, default=500)
-    parser.add_argument("--align_steps", type=int, default=150)
+    parser.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS)
+    parser.add_argument("--align_steps", type=int, default=ALIGN_STEPS)
+    parser.add_argument(
+        "--clip_steps",
+        type=int,
+        nargs=2,
+        default=CLIP_STEPS,
+        metavar=("SHORT", "LONG"),
+        help="steps of the two CLIP-from-scratch baselines: about the wall-clock of the ALTA stage, and of the "
+        "backbone stage plus the ALTA stage (fixed numbers measured on a 2-core CPU, so that the demo stays "
+        "deterministic; the table shows the seconds each run took)",
+    )
     parser.add_argument("--batch_size", type=int, default=24)
-    parser.add_argument("--learning_rate", type=float, default=5e-4, help="peak learning rate of the backbone stage")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=5e-4,
+        help="peak learning rate of the runs that train whole towers (the backbone stage, CLIP from scratch)",
+    )
     parser.add_argument(
         "--align_learning_rate",
         type=float,
@@ -100,11 +133,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--backbone_mode",
         choices=("mae", "backbone"),
         default="backbone",
-        help="backbone stage, adapters off: masked image + report modeling only ('mae', the MRM stage), or masked image "
-        "modeling + the global contrastive loss ('backbone', default). Measured on this demo: 400 MRM steps leave image "
-        "features a linear probe classifies at 0.37 (raw 16x16 pixels: 0.85); 500 'backbone' steps reach 0.72",
+        help="backbone stage, adapters off: masked image + image-conditioned masked report modeling only ('mae', the "
+        "paper's MRM stage), or masked image modeling + the global contrastive loss ('backbone', default). Measured "
+        "on this demo: 300 MRM steps give image features a linear probe classifies at 0.61 (raw 16x16 pixels: "
+        "0.85), but ALTA on them stays at chance after 150 steps (0.17-0.19): the adapters cannot align towers that "
+        "nothing aligned within the demo's budget (benchmarks/RESULTS.md §8)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mlm_mask",
+        choices=("finding_words", "reference"),
+        default="finding_words",
+        help="MLM masking: the reference rule plus every finding word masked (default; "
+        "processing.demo_data.FINDING_WORDS), or the reference rule alone",
+    )
+    parser.add_argument(
+        "--backbone_norm_pix",
+        choices=("true", "false"),
+        default="true",
+        help="per-patch normalised MAE target in the backbone stage (the reference's norm_pix_loss)",
+    )
+    parser.add_argument(
+        "--backbone_mask_ratio", type=float, default=0.75, help="patch mask ratio of the backbone stage"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
     parser.add_argument(
         "--study_pooling",
         choices=("all", "present"),
@@ -132,18 +183,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="{}",
         help='JSON merged into the demo model config (e.g. \'{"vision_config": {"norm_pix_loss": false}}\')',
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the model is small, and on a shared 2-core machine two threads waiting for "
+        "each other made a step several times slower; one thread also keeps the results the same whatever the "
+        "number of cores)",
+    )
     parser.add_argument("--no_baselines", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few steps on a few studies (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_studies, args.pretrain_steps, args.align_steps, args.batch_size = 120, 3, 3, 8
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    out = Path(args.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+        args.clip_steps = [3, 4]
+    return args
 
-    # 1-2. data and vocabulary
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1-2. data, vocabulary and the settings every run shares
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoSetup:
+    """What the training stages share: the data, the prompts, the model sizes and the `align.py` arguments."""
+
+    data: Any  # DatasetDict (train / validation / test)
+    prompts: dict[str, list[str]]
+    sizes: str  # --config_overrides of the runs built from the preset (JSON)
+    common: list[str]  # align.py arguments of every run
+    frontal_common: list[str]  # the same on the frontal-only copy of the data
+
+
+def prepare(args: argparse.Namespace, out: Path) -> DemoSetup:
+    """Generate the studies (reports without boilerplate), the frontal-only copy, the vocabulary and the arguments
+    every `align.py` run shares."""
     from processing.demo_data import demo_class_prompts, generate_demo_dataset
 
     data = generate_demo_dataset(
@@ -167,7 +242,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for key, value in json.loads(args.config_overrides).items():
         overrides[key] = {**overrides[key], **value} if isinstance(value, dict) and key in overrides else value
-    sizes = json.dumps(overrides)
     common = [
         "--tokenizer_name_or_path", str(tokenizer_dir),
         "--dataset_path", str(out / "data"),
@@ -179,69 +253,129 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--warmup_steps", "20" if not args.quick else "1",
         "--checkpoints_total_limit", "1",
         "--dataloader_num_workers", "1",
+        "--count_flops", "true",
         "--cpu",
+        *(["--mlm_always_mask_words", ",".join(FINDING_WORDS)] if args.mlm_mask == "finding_words" else []),
     ]  # fmt: skip
-    align_budget = [
+    frontal_common = [*common]
+    frontal_common[frontal_common.index("--dataset_path") + 1] = str(out / "data_frontal_only")
+    return DemoSetup(data, prompts, json.dumps(overrides), common, frontal_common)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3-5. training stages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def alignment_budget(args: argparse.Namespace) -> list[str]:
+    """The adapter stages' schedule (ALTA and the baselines on adapters)."""
+    return [
         "--max_steps", str(args.align_steps), "--schedule_steps", str(args.align_steps),
         "--learning_rate", str(args.align_learning_rate), "--augment", str(args.augment).lower(),
     ]  # fmt: skip
 
-    # 3. backbone, adapters off (see --backbone_mode)
-    backbone = run_align(
+
+def train_backbone(args: argparse.Namespace, out: Path, setup: DemoSetup) -> dict[str, Any]:
+    """The backbone stage, adapters off (see `--backbone_mode`): a stand-in for the MRM + CXR-BERT towers that ALTA
+    starts from, without augmentation."""
+    extra = ["--local_loss_weight", "0", "--mlm_loss_weight", "0"] if args.backbone_mode == "backbone" else []
+    return run_align(
         "backbone",
         out,
-        common,
-        ["--preset", "alta-demo", "--config_overrides", sizes, "--adapter", args.backbone_mode,
+        setup.common,
+        ["--preset", "alta-demo", "--config_overrides", setup.sizes, "--adapter", args.backbone_mode,
          "--max_steps", str(args.pretrain_steps), "--schedule_steps", str(args.pretrain_steps),
-         "--learning_rate", str(args.learning_rate),
-         # A stand-in for MRM + CXR-BERT, which ALTA starts from: no augmentation, and without the local and MLM
-         # terms, which slow the global alignment of a backbone built from scratch (3.19 -> 3.06 instead of
-         # 3.19 -> 2.77 in 500 steps on this demo).
-         "--augment", "false", *(["--local_loss_weight", "0", "--mlm_loss_weight", "0"]
-                                 if args.backbone_mode == "backbone" else [])],
+         "--learning_rate", str(args.learning_rate), "--augment", "false",
+         "--mask_ratio", str(args.backbone_mask_ratio), "--norm_pix_loss", args.backbone_norm_pix, *extra],
     )  # fmt: skip
-    # 4. ALTA: adapters on the frozen backbone
-    aligned = run_align("aligned", out, common, ["--model_name_or_path", backbone["model_dir"], *align_budget])
-    # The backbone is evaluated too, so the table shows what the adapter stage adds to it.
-    runs = {"aligned": (aligned, False), "backbone_before_alta": (backbone, False)}
-    # 5. baselines at the same alignment step budget
-    if not args.no_baselines:
-        random_backbone = run_align(
+
+
+def train_alta(args: argparse.Namespace, out: Path, setup: DemoSetup, backbone_dir: str) -> dict[str, Any]:
+    """ALTA: adapters on the frozen backbone, the full ALTA objective."""
+    return run_align("aligned", out, setup.common, ["--model_name_or_path", backbone_dir, *alignment_budget(args)])
+
+
+def train_adapter_baselines(
+    args: argparse.Namespace, out: Path, setup: DemoSetup, backbone_dir: str
+) -> dict[str, dict[str, Any]]:
+    """ALTA at the same step budget from a random (not pretrained) backbone, and on frontal-only inputs."""
+    budget = alignment_budget(args)
+    return {
+        "baseline_random_backbone": run_align(
             "baseline_random_backbone",
             out,
-            common,
-            ["--preset", "alta-demo", "--config_overrides", sizes, *align_budget],
-        )
-        frontal_common = [*common]
-        frontal_common[frontal_common.index("--dataset_path") + 1] = str(out / "data_frontal_only")
-        frontal_run = run_align(
-            "baseline_frontal_only",
-            out,
-            frontal_common,
-            ["--model_name_or_path", backbone["model_dir"], *align_budget],
-        )
-        runs["baseline_random_backbone"] = (random_backbone, False)
-        runs["baseline_frontal_only"] = (frontal_run, True)
+            setup.common,
+            ["--preset", "alta-demo", "--config_overrides", setup.sizes, *budget],
+        ),
+        "baseline_frontal_only": run_align(
+            "baseline_frontal_only", out, setup.frontal_common, ["--model_name_or_path", backbone_dir, *budget]
+        ),
+    }
 
-    # 6. evaluation on the held-out test studies, and the pipeline on a held-out image
+
+def train_clip(args: argparse.Namespace, out: Path, setup: DemoSetup, name: str, steps: int) -> dict[str, Any]:
+    """CLIP trained from scratch: the whole model (adapters off), the global contrastive loss only, no patch masking,
+    on the same studies and reports (all views), at the backbone stage's learning rate."""
+    return run_align(
+        name,
+        out,
+        setup.common,
+        ["--preset", "alta-demo", "--config_overrides", setup.sizes, "--adapter", "backbone",
+         "--local_loss_weight", "0", "--mlm_loss_weight", "0", "--reconstruction_loss_weight", "0",
+         "--mask_ratio", "0", "--max_steps", str(steps), "--schedule_steps", str(steps),
+         "--learning_rate", str(args.learning_rate), "--augment", "false"],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. evaluation and the results file
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoRun:
+    """One row of the table: an `align.py` result, how it is evaluated and what it builds on."""
+
+    result: dict[str, Any]
+    title: str
+    frontal_only: bool = False
+    on_backbone: bool = False  # trained on the backbone stage's output (its cost is added in the table)
+
+
+def evaluate_runs(runs: dict[str, DemoRun], setup: DemoSetup, out: Path) -> dict[str, dict[str, Any]]:
+    """Every run on the held-out test studies (`evaluation.demo.evaluate_demo`), with its training cost."""
     from evaluation.demo import evaluate_demo
 
-    test = data["test"]
     results: dict[str, Any] = {}
-    for name, (run, frontal_inputs) in runs.items():
+    for name, run in runs.items():
         metrics = evaluate_demo(
-            run["model_dir"], test, output_dir=out / "eval" / name, frontal_only=frontal_inputs, class_prompts=prompts
+            run.result["model_dir"],
+            setup.data["test"],
+            output_dir=out / "eval" / name,
+            frontal_only=run.frontal_only,
+            class_prompts=setup.prompts,
         )
         results[name] = {
             **metrics,
-            "trainable_parameters": run["trainable_parameters"],
-            "total_parameters": run["total_parameters"],
-            "train_seconds": run["train_seconds"],
-            "train_steps": run["global_step"],
-            "model_dir": run["model_dir"],
+            "title": run.title,
+            "trainable_parameters": run.result["trainable_parameters"],
+            "total_parameters": run.result["total_parameters"],
+            "train_seconds": run.result["train_seconds"],
+            "train_steps": run.result["global_step"],
+            "flops_per_step": run.result.get("flops_per_step"),
+            "train_flops": run.result.get("train_flops"),
+            "on_backbone": run.on_backbone,
+            "model_dir": run.result["model_dir"],
         }
-    pipeline_result = run_pipeline(aligned["model_dir"], test, list(prompts))
-    chance = 1.0 / len(prompts)
+    return results
+
+
+def write_results(
+    out: Path, setup: DemoSetup, runs: dict[str, DemoRun], results: dict[str, Any], started: float
+) -> dict[str, Any]:
+    """`eval_results.json`: the aligned model's figures at the top level, every run under `runs`."""
+    aligned, backbone = runs["aligned"].result, runs["backbone_before_alta"].result
+    test = setup.data["test"]
     summary = {
         **{k: results["aligned"][k] for k in ("zero_shot_accuracy", "i2t_p@5", "t2i_p@5")},
         "trainable_parameters": aligned["trainable_parameters"],
@@ -249,15 +383,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_seconds": aligned["train_seconds"],
         "backbone_pretrain_seconds": backbone["train_seconds"],
         "model_dir": aligned["model_dir"],
-        "chance_zero_shot_accuracy": chance,
+        "chance_zero_shot_accuracy": 1.0 / len(setup.prompts),
         "num_test_studies": len(test),
-        "pipeline_example": pipeline_result,
+        "pipeline_example": run_pipeline(aligned["model_dir"], test, list(setup.prompts)),
         "runs": results,
         "total_seconds": time.perf_counter() - started,
     }
-    (out / "eval_results.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(_table(results, chance))
-    print(f"wrote {out / 'eval_results.json'}")
+    atomic_write_text(out / "eval_results.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def train_runs(args: argparse.Namespace, out: Path, setup: DemoSetup) -> dict[str, DemoRun]:
+    """Every training stage, in order: the backbone, ALTA on it, then (unless `--no_baselines`) the baselines."""
+    backbone = train_backbone(args, out, setup)
+    aligned = train_alta(args, out, setup, backbone["model_dir"])
+    objective = (
+        "masked image + report modeling" if args.backbone_mode == "mae" else "masked image modeling + contrastive"
+    )
+    # The backbone is evaluated too, so the table shows what the adapter stage adds to it.
+    runs = {
+        "aligned": DemoRun(aligned, "aligned (ALTA adapters on the backbone)", on_backbone=True),
+        "backbone_before_alta": DemoRun(backbone, f"backbone before ALTA ({objective})"),
+    }
+    if args.no_baselines:
+        return runs
+    baselines = train_adapter_baselines(args, out, setup, backbone["model_dir"])
+    runs["baseline_random_backbone"] = DemoRun(
+        baselines["baseline_random_backbone"], "baseline: ALTA on a random backbone"
+    )
+    runs["baseline_frontal_only"] = DemoRun(
+        baselines["baseline_frontal_only"], "baseline: ALTA on frontal-only inputs", True, on_backbone=True
+    )
+    short, long = args.clip_steps
+    runs["clip_scratch_alta_time"] = DemoRun(
+        train_clip(args, out, setup, "clip_scratch_alta_time", short),
+        "baseline: CLIP from scratch, wall-clock of the ALTA stage",
+    )
+    runs["clip_scratch_total_time"] = DemoRun(
+        train_clip(args, out, setup, "clip_scratch_total_time", long),
+        "baseline: CLIP from scratch, wall-clock of backbone + ALTA",
+    )
+    return runs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the demo (module docstring); returns the contents of `eval_results.json`."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    setup = prepare(args, out)
+    runs = train_runs(args, out, setup)
+    results = evaluate_runs(runs, setup, out)
+    summary = write_results(out, setup, runs, results, started)
+    markdown = table(results, summary["chance_zero_shot_accuracy"], runs["backbone_before_alta"].result)
+    atomic_write_text(out / "table.md", markdown + "\n")
+    print(markdown)
+    print(f"wrote {out / 'eval_results.json'} ({summary['total_seconds']:.0f} s)")
     return summary
 
 
@@ -271,17 +456,28 @@ def run_pipeline(model_dir: str, test, labels: list[str]) -> dict[str, Any]:
     return {"study_id": row["study_id"], "label": row["label"], "scores": scores}
 
 
-def _table(results: dict[str, dict[str, Any]], chance: float) -> str:
+def _flops(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e12:.1f} T"
+
+
+def table(results: dict[str, dict[str, Any]], chance: float, backbone: dict[str, Any] | None = None) -> str:
+    """The README table: one row per run. Runs trained on the backbone show the backbone stage's seconds and FLOPs
+    after a '+' (what they cost in all)."""
     lines = [
-        "| run | zero-shot acc | i2t P@5 | t2i P@5 | trainable / total | train s |",
-        "|---|---|---|---|---|---|",
+        "| run (held-out studies) | zero-shot acc | i2t P@5 | t2i P@5 | trainable / total params | steps | train s "
+        "| train FLOPs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        seconds, flops = f"{r['train_seconds']:.0f}", _flops(r.get("train_flops"))
+        if r.get("on_backbone") and backbone is not None:
+            seconds += f" + {backbone['train_seconds']:.0f}"
+            flops += f" + {_flops(backbone.get('train_flops'))}"
         lines.append(
-            f"| {name} | {r['zero_shot_accuracy']:.3f} | {r['i2t_p@5']:.3f} | {r['t2i_p@5']:.3f} | "
-            f"{r['trainable_parameters']:,} / {r['total_parameters']:,} | {r['train_seconds']:.0f} |"
+            f"| {r.get('title', name)} | {r['zero_shot_accuracy']:.3f} | {r['i2t_p@5']:.3f} | {r['t2i_p@5']:.3f} | "
+            f"{r['trainable_parameters']:,} / {r['total_parameters']:,} | {r['train_steps']} | {seconds} | {flops} |"
         )
-    lines.append(f"(chance: zero-shot {chance:.3f})")
+    lines.append(f"(chance: zero-shot {chance:.3f}; '+': the backbone stage the run starts from)")
     return "\n".join(lines)
 
 

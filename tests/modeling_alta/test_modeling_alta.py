@@ -169,7 +169,7 @@ def test_config_validation_messages() -> None:
         ValueError, match=r"hidden size \(30\) is not a multiple of the number of attention heads \(4\)"
     ):
         AltaConfig(vision_config={"hidden_size": 30, "num_attention_heads": 4})
-    with pytest.raises(ValueError, match=r"`mask_ratio` must be in \(0, 1\); got 1.5"):
+    with pytest.raises(ValueError, match=r"`mask_ratio` must be in \[0, 1\); got 1.5"):
         AltaConfig(vision_config={"mask_ratio": 1.5})
     with pytest.raises(ValueError, match=r"reconstruction grid must match"):
         AltaConfig(vision_config={"reconstruction_image_size": 512})

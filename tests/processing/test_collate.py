@@ -92,6 +92,29 @@ def test_mlm_rule_masks_half_of_the_non_special_tokens(processor):
     assert (none_masked == IGNORE_INDEX).all()
 
 
+def test_always_masked_words_are_masked_everywhere_on_top_of_the_same_draw(processor):
+    tokenizer = processor.tokenizer
+    ids = tokenizer([REPORT] * 8, padding="max_length", max_length=128, return_tensors="pt")["input_ids"]
+    always = sorted(set(ids[0, 1:4].tolist()) - set(tokenizer.all_special_ids))
+    base_ids, base_labels = mask_tokens(
+        ids, tokenizer.all_special_ids, tokenizer.mask_token_id, 0.3, torch.Generator().manual_seed(1)
+    )
+    mlm_ids, labels = mask_tokens(
+        ids, tokenizer.all_special_ids, tokenizer.mask_token_id, 0.3, torch.Generator().manual_seed(1), always
+    )
+    targeted = torch.isin(ids, torch.tensor(always))
+    assert targeted.any()
+    assert (mlm_ids[targeted] == tokenizer.mask_token_id).all() and torch.equal(labels[targeted], ids[targeted])
+    # every other position is masked exactly as without them (same random draws)
+    assert torch.equal(mlm_ids[~targeted], base_ids[~targeted]) and torch.equal(
+        labels[~targeted], base_labels[~targeted]
+    )
+    collator = AltaPretrainingCollator(processor, seed=5, mlm_probability=0.0, mlm_always_mask_ids=always)
+    batch = collator(_samples())
+    masked = batch["mlm_labels"] != IGNORE_INDEX
+    assert torch.equal(masked, torch.isin(batch["input_ids"], torch.tensor(always)))
+
+
 def test_seeded_and_reproducible(processor):
     first, second = AltaPretrainingCollator(processor, seed=5), AltaPretrainingCollator(processor, seed=5)
     a, b = first(_samples()), second(_samples())

@@ -375,3 +375,39 @@ def test_text_dropout_changes_the_text_tower_only_and_is_saved(tmp_path: Path, p
     saved = AltaConfig.from_pretrained(tmp_path / "saved")
     assert saved.text_config.hidden_dropout_prob == saved.text_config.attention_probs_dropout_prob == 0.3
     assert saved.vision_config.attention_dropout == 0.0
+
+
+def test_contrastive_only_run_counts_flops_and_trains_no_unused_head(tmp_path: Path, parity_dir: Path, dataset: Path):
+    """CLIP from scratch as the demo runs it: adapters off, the global contrastive loss only, no patch masking; the
+    heads of the losses that are off are not in the trainable set, and --count_flops reports the step's FLOPs."""
+    from training.arguments import AlignArguments, ModelArguments
+    from training.build import build_model
+
+    flags = ["--adapter", "backbone", "--local_loss_weight", "0", "--mlm_loss_weight", "0",
+             "--reconstruction_loss_weight", "0", "--mask_ratio", "0"]  # fmt: skip
+    result = main(_argv(parity_dir, dataset, tmp_path / "clip", "--max_steps", "2", "--count_flops", "true", *flags))
+    assert set(result["final_losses"]) >= {"contrastive_loss"} and "mlm_loss" not in result["final_losses"]
+    assert result["flops_per_step"] > 0 and result["train_flops"] == 2 * result["flops_per_step"]
+    model, _, counts = build_model(
+        ModelArguments(
+            preset="alta-tiny",
+            tokenizer_name_or_path=str(parity_dir / "BiomedVLP-CXR-BERT-specialized"),
+            config_overrides=SMALL,
+            adapter="backbone",
+        ),
+        AlignArguments(
+            output_dir=str(tmp_path),
+            local_loss_weight=0.0,
+            mlm_loss_weight=0.0,
+            reconstruction_loss_weight=0.0,
+            mask_ratio=0.0,
+        ),
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert counts["trainable"] == result["trainable_parameters"]
+    assert not any(n.startswith(("decoder.", "mlm_head.", "bert_embed.")) or "local" in n for n in trainable)
+    assert "alta.text_model.embeddings.word_embeddings.weight" in trainable  # tied to the MLM output, still trains
+    assert "alta.logit_scale" in trainable
+    assert all(any(n.startswith(f"alta.{h}.") for n in trainable) for h in ("vision_projection", "text_projection"))
+    with pytest.raises(ValueError, match="--mask_ratio 0 removes no patch"):
+        AlignArguments(output_dir=str(tmp_path), mask_ratio=0.0)

@@ -19,7 +19,16 @@ def test_demo_quick_writes_eval_results(tmp_path: Path) -> None:
         "backbone_before_alta",
         "baseline_random_backbone",
         "baseline_frontal_only",
+        "clip_scratch_alta_time",
+        "clip_scratch_total_time",
     }
+    for name, run in results["runs"].items():  # every row reports its cost, FLOPs counted on one step
+        assert run["train_steps"] > 0 and run["train_seconds"] > 0, name
+        assert run["flops_per_step"] > 0 and run["train_flops"] == run["flops_per_step"] * run["train_steps"], name
+    clip = results["runs"]["clip_scratch_total_time"]
+    assert clip["trainable_parameters"] > results["trainable_parameters"]  # the whole model trains
+    table = (tmp_path / "demo" / "table.md").read_text()
+    assert "CLIP from scratch" in table and "train FLOPs" in table
     curve = json.loads(Path(results["model_dir"], "train_results.json").read_text())["loss_curve"]
     assert curve and {"step", "contrastive_loss", "total_loss"} <= set(curve[-1])
     assert 0.0 <= results["zero_shot_accuracy"] <= 1.0
@@ -31,3 +40,20 @@ def test_demo_quick_writes_eval_results(tmp_path: Path) -> None:
     pngs = list((tmp_path / "demo" / "eval").rglob("*.png"))
     assert len(pngs) >= 3
     assert summary["model_dir"] == results["model_dir"]
+
+    # the spread and probe scripts of benchmarks/RESULTS.md §8 run on the demo's output
+    import importlib.util
+    import sys
+
+    def script(name):
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(spec.name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    spread = script("demo_seeds").bootstrap(tmp_path / "demo", resamples=50)  # recomputes and checks each accuracy
+    assert "aligned - random backbone" in spread and "CLIP from scratch" in spread
+    probes = script("demo_probes").main(["features", "--run", str(tmp_path / "demo")])
+    assert set(probes) >= {"raw 16x16 pixels", results["model_dir"]} and all(0 <= v <= 1 for v in probes.values())

@@ -461,3 +461,10 @@ def test_two_processes_ctrl_c_count_skips_stay_in_step_and_listen_on_loopback_on
     # resuming this two-process checkpoint in one process would not continue it exactly: refused, naming why
     with pytest.raises(CheckpointError, match=r"the number of processes .*: checkpoint 2, now 1"):
         main([*argv[: argv.index("--max_steps")], "--max_steps", "100000", "--resume_from_checkpoint", "latest"])
+
+
+def test_dataloader_workers_ending_an_epoch_do_not_stop_the_run(tmp_path, parity_dir, dataset):
+    """The DataLoader's SIGCHLD handler fires when its workers exit at an epoch end; the signal watcher must not
+    take that for a stop request (12 studies, 4 per step: the run crosses two epoch ends)."""
+    result = main(_argv(parity_dir, dataset, tmp_path / "run", "--max_steps", "7", "--dataloader_num_workers", "1"))
+    assert result["interrupted"] is False and result["exit_code"] == 0 and result["global_step"] == 7
