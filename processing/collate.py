@@ -39,6 +39,7 @@ def mask_tokens(
     mask_token_id: int,
     probability: float = 0.5,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    *,
     draw_length: int | None = None,
     always_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:

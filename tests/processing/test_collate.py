@@ -100,7 +100,12 @@ def test_always_masked_words_are_masked_everywhere_on_top_of_the_same_draw(proce
         ids, tokenizer.all_special_ids, tokenizer.mask_token_id, 0.3, torch.Generator().manual_seed(1)
     )
     mlm_ids, labels = mask_tokens(
-        ids, tokenizer.all_special_ids, tokenizer.mask_token_id, 0.3, torch.Generator().manual_seed(1), always
+        ids,
+        tokenizer.all_special_ids,
+        tokenizer.mask_token_id,
+        0.3,
+        torch.Generator().manual_seed(1),
+        always_ids=always,
     )
     targeted = torch.isin(ids, torch.tensor(always))
     assert targeted.any()
