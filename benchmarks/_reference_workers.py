@@ -207,6 +207,9 @@ def load_zeroshot_definitions(path: Path) -> dict:
 
     namespace = {"Any": Any, "re": re, "random": random, "torch": torch, "F": F}
     namespace.update(BertTokenizer=BertTokenizer, RegexpTokenizer=RegexpTokenizer)
+    # This runs source code, not data: the reference implementation's own definitions from the checkout the user
+    # named with --reference-dir, in the reference worker, which imports and runs that checkout's `model` and
+    # `util` modules anyway. Only function, class and assignment nodes selected by name are run.
     exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
     return namespace
 

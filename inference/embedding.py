@@ -216,15 +216,6 @@ def default_text_length(processor: Any) -> int:
     return int(getattr(processor, "max_length", None) or DEFAULT_MAX_LENGTH)
 
 
-def pad_token_rows(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    """Right-pad token-id rows to the longest of them: long `[N, max len]`."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-    return out
-
-
 @torch.no_grad()
 def embed_texts(
     model: Any,
@@ -280,7 +271,6 @@ def embed_texts(
     if sort_by_length:
         order.sort(key=lambda i: -len(ids[i]))  # stable: equal lengths keep their input order
     limit = model.config.text_config.max_position_embeddings
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = torch.empty(0)
     with progress_bar(len(items), "embedding texts", "text", progress and len(items) > batch_size) as bar:
         for start in range(0, len(order), batch_size):
@@ -293,15 +283,12 @@ def embed_texts(
                     f"a text in this batch has {longest} tokens, more than the model's {limit} positions; starts "
                     f"{items[first][:60]!r}"
                 )
-            input_ids = pad_token_rows(rows, pad_id)
-            attention_mask = (torch.arange(longest)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
-            token_type_ids = pad_token_rows([types[i] for i in chunk], 0)
-            feats = model.get_text_features(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                token_type_ids=token_type_ids.to(device),
-                return_dict=True,
+            padded = tokenizer.pad(
+                {"input_ids": rows, "token_type_ids": [types[i] for i in chunk]},
+                padding="longest",
+                return_tensors="pt",
             )
+            feats = model.get_text_features(**{k: v.to(device) for k, v in padded.items()}, return_dict=True)
             embeds = pooled_embeddings(feats).float().cpu()
             if out.numel() == 0:
                 out = embeds.new_empty(len(items), embeds.shape[-1])
@@ -402,7 +389,6 @@ __all__ = [
     "embed_reports_to_store",
     "embed_texts",
     "is_main_process",
-    "pad_token_rows",
     "load_model_and_processor",
     "pixel_inputs",
     "progress_bar",

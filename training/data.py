@@ -106,11 +106,14 @@ def report_lengths(dataset, tokenizer, max_length: int, chunk: int = 4096) -> li
         raise ValueError(
             f"--group_by_length needs a 'report' column in the training data; it has {dataset.column_names}"
         )
+    from modeling_alta.processing_alta import encode_texts
+
     reports = list(dataset["report"])
     lengths: list[int] = []
     for start in range(0, len(reports), chunk):
         texts = [r if isinstance(r, str) else "" for r in reports[start : start + chunk]]
-        ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        # The collator's tokenisation path; truncations are collected here and reported when the batches are built.
+        ids = encode_texts(tokenizer, texts, max_length, padding=False, allow_empty=True, truncated=[])["input_ids"]
         lengths += [len(x) for x in ids]
     return lengths
 
