@@ -100,7 +100,8 @@ def exact_topk(
             `False` scores raw dot products.
         gallery_ids: ids for an in-memory gallery (a store brings its own; only the hits' ids are read).
         memory_budget: bytes one step may use; sets the chunk size (`chunk_rows_for_budget`), overriding
-            `chunk_size` when smaller.
+            `chunk_size` when smaller. It bounds the memory the search holds; glibc may keep freed chunks cached in
+            the process on top (`MALLOC_MMAP_THRESHOLD_=131072` in the environment returns them at once).
 
     Returns:
         `TopKResult` with `[Q, k]` scores and indices, ties broken by the lower gallery index, and the hits' ids.
