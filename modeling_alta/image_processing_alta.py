@@ -67,9 +67,18 @@ def resize_and_crop_uint8(
 
 def normalize_uint8(gray: np.ndarray, mean: float, std: float) -> np.ndarray:
     """uint8 ``[..., H, W]`` → float32 ``[..., 3, H, W]``: ``(x / 255 - mean) / std`` in float32, three channels."""
-    scaled = gray.astype(np.float32) / np.float32(255.0)
-    normalized = (scaled - np.float32(mean)) / np.float32(std)
-    return np.repeat(normalized[..., None, :, :], 3, axis=-3)
+    gray = np.asarray(gray)
+    if gray.dtype != np.uint8:
+        raise TypeError(f"normalize_uint8 expects uint8 pixels; got {gray.dtype}")
+    # In place, in float32, in the formula's order: bitwise the element-wise result without its temporaries; the
+    # channel copies are written straight into the output (called once per batch, not per study).
+    gray_float = gray.astype(np.float32)
+    gray_float /= np.float32(255.0)
+    gray_float -= np.float32(mean)
+    gray_float /= np.float32(std)
+    out = np.empty((*gray.shape[:-2], 3, *gray.shape[-2:]), dtype=np.float32)
+    out[...] = gray_float[..., None, :, :]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -506,7 +515,8 @@ class AltaImageProcessor(BaseImageProcessor):
             shared = generator if generator is not None else np.random.default_rng(seed)
             rngs = [shared] * len(items)
         ranges = self.augment_ranges()
-        views: list[np.ndarray] = []
+        views: list[np.ndarray] = []  # uint8 [V, H, W] per item
+        blank: list[list[bool]] = []  # frames that stay all zeros after normalisation
         masks: list[list[bool]] = []
         reconstructions: list[np.ndarray] = []
         for index, item in enumerate(items):
@@ -537,26 +547,26 @@ class AltaImageProcessor(BaseImageProcessor):
                     crops[first] = _as_array(current_aug)
                     if second is not None:
                         crops[second], params[second] = _as_array(prior_aug), params[first]
-            study_frames = [crop if crop is not None else np.zeros((crop_size, crop_size), np.uint8) for crop in crops]
             present = [image is not None for image in loaded]
-            frames = normalize_uint8(np.stack(study_frames), mean, std)
-            # A missing view is all zeros *after* normalisation: the model's fallback rule (frame sum == 0).
-            frames[~np.asarray(present)] = 0.0
-            if skip_frontal:
-                frames[0] = 0.0  # derived from the reconstruction-size frontal by the model
-            views.append(frames if study_batch else frames[0])
+            # Frames stay uint8 until the whole batch is in: one normalisation pass writes the float32 output.
+            views.append(np.stack([np.zeros((crop_size, crop_size), np.uint8) if c is None else c for c in crops]))
+            # A missing view is all zeros *after* normalisation (the model's fallback rule: frame sum == 0); so is
+            # slot 0 when the model derives it from the reconstruction-size frontal.
+            blank.append([not p or (skip_frontal and slot == 0) for slot, p in enumerate(present)])
             masks.append(present)
             if return_reconstruction:
                 big = resize_and_crop_uint8(loaded[0], rec_edge, rec_crop, resample)
                 if params[0] is not None:
                     big = np.asarray(apply_augment_params(Image.fromarray(big, "L"), params[0]))
-                reconstructions.append(normalize_uint8(big, mean, std))
+                reconstructions.append(big)
 
-        data: dict[str, Any] = {"pixel_values": np.stack(views)}
+        pixels = normalize_uint8(np.stack(views), mean, std)
+        pixels[np.asarray(blank, dtype=bool)] = 0.0
+        data: dict[str, Any] = {"pixel_values": pixels if study_batch else pixels[:, 0]}
         if study_batch:
             data["view_mask"] = np.asarray(masks, dtype=bool)
         if return_reconstruction:
-            data["reconstruction_pixel_values"] = np.stack(reconstructions)
+            data["reconstruction_pixel_values"] = normalize_uint8(np.stack(reconstructions), mean, std)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 

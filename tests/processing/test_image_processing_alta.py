@@ -12,6 +12,7 @@ from modeling_alta.image_processing_alta import (
     AltaImageProcessor,
     apply_augment_params,
     augment_with_shared_params,
+    normalize_uint8,
     resize_and_crop_uint8,
     sample_augment_params,
 )
@@ -235,3 +236,16 @@ def test_real_dicom_monochrome1_is_inverted(real_cxr_dir, processor):
     assert not torch.allclose(out[0], out[1])
     rsna = AltaImageProcessor(dicom_rule="rsna")
     np.testing.assert_array_equal(np.asarray(rsna.load(mono1)), 255 - np.asarray(rsna.load(mono2)))
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.4785, 0.2834), (0.4978, 0.2449), (0.0, 1.0), (0.5, 0.0123)])
+def test_normalize_uint8_is_bitwise_the_elementwise_formula(mean: float, std: float):
+    gray = np.random.default_rng(0).integers(0, 256, size=(2, 4, 9, 7), dtype=np.uint8)
+    gray[0, 0, 0, :2] = (0, 255)  # both ends of the table
+    expected = (gray.astype(np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
+    out = normalize_uint8(gray, mean, std)
+    assert out.shape == (2, 4, 3, 9, 7) and out.dtype == np.float32 and out.flags.c_contiguous
+    for channel in range(3):
+        np.testing.assert_array_equal(out[:, :, channel], expected)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_uint8(gray.astype(np.int16), mean, std)
