@@ -387,6 +387,7 @@ class PackageSide:
         self.processor = AltaProcessor(AltaImageProcessor(), tokenizer, max_length=spec["text_length"])
         self.prompts = chexpert_5x200_prompts()
         self.text_length = spec["text_length"]
+        self.spec = spec
 
     def describe(self, tensors: dict) -> dict:
         return {"parameters": count_parameters(self.model), "prompts": self.prompts}
@@ -396,14 +397,17 @@ class PackageSide:
         b = t["img_big"].shape[0]
         # Slot 0 (the current frontal at 224) is derived by the model from the 448 image, as the reference does.
         slot0 = torch.zeros_like(t["views"][:, :1])
+        # The package's collator pads a batch to its longest report (`--pad_to_max_length` restores 128), so its
+        # text tensors end there; the reference's dataset pads every report to 128.
+        longest = max(self.spec["report_lengths"])
         self.batch = {
             "pixel_values": torch.cat([slot0, t["views"]], dim=1),
             "reconstruction_pixel_values": t["img_big"],
             "view_mask": torch.ones(b, 4, dtype=torch.bool),
-            "input_ids": t["ids"],
-            "attention_mask": t["attention_mask"],
-            "mlm_input_ids": t["mlm_inputs"],
-            "mlm_labels": t["mlm_labels"],
+            "input_ids": t["ids"][:, :longest],
+            "attention_mask": t["attention_mask"][:, :longest],
+            "mlm_input_ids": t["mlm_inputs"][:, :longest],
+            "mlm_labels": t["mlm_labels"][:, :longest],
         }
         self.tensors = tensors
 

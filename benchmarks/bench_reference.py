@@ -14,7 +14,9 @@ Cases (time ratio = package / reference, per round; below 1 the package is faste
 - `train`: one training step, batch 4 studies x 4 views, all four losses, forward + backward + AdamW (the
   reference's trainable set, weight-decay groups and loss scaler; the package's `freeze_backbone()` and
   `training.build.build_optimizer`), logit-scale clamp. Reports of realistic lengths by default (72/91/109/128 tokens,
-  mean 100, padded to 128; `--report-lengths full` for 128 each), the MLM copy masks half the words as the
+  mean 100, padded to 128; `--report-lengths full` for 128 each; `--report-lengths grouped` for the batch a
+  length-grouped sampler makes from such a corpus: 99/100/100/101, which the reference pads to 128 and the package's
+  collator to the longest), the MLM copy masks half the words as the
   reference's dataset does. Also prints the voluntary context switches per step of each worker.
 - `train-contended`: the same with one busy process (a Python loop) competing for the cores.
 - `image`: image embedding, batches 16 and 8 (`forward_img_feature` / `get_image_features`).
@@ -370,7 +372,14 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker (default: 2)")
     parser.add_argument("--quick", action="store_true", help="one timed round of each case, for a smoke run")
     parser.add_argument("--batch-size", type=int, default=4, help="studies per training step (default: 4)")
-    parser.add_argument("--report-lengths", choices=["realistic", "full"], default="realistic")
+    parser.add_argument(
+        "--report-lengths",
+        choices=["realistic", "full", "grouped"],
+        default="realistic",
+        help="reports of the training batch: 72..128 tokens (mean 100), 128 each, or the batch `--group_by_length` "
+        "forms around the mean of such a corpus (99..101: neighbours in a sorted window of many batches differ by "
+        "about a token)",
+    )
     parser.add_argument(
         "--zeroshot-images", type=int, default=16, help="images the zero-shot loops run on (default: 16)"
     )
@@ -388,11 +397,11 @@ def make_spec(args, config, tokenizer_ids: dict[str, int], preset: str = "alta-b
     """What both workers build: sizes (from `config`, the package's `preset`), seed, threads, token ids."""
     vision, text = config.vision_config, config.text_config
     length = 128
-    lengths = (
-        realistic_report_lengths(args.batch_size, length, 72)
-        if args.report_lengths == "realistic"
-        else [length] * args.batch_size
-    )
+    lengths = {
+        "realistic": lambda: realistic_report_lengths(args.batch_size, length, 72),
+        "grouped": lambda: realistic_report_lengths(args.batch_size, 101, 99),
+        "full": lambda: [length] * args.batch_size,
+    }[args.report_lengths]()
     return {
         "seed": args.seed,
         "threads": args.threads,
@@ -497,8 +506,8 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
         print("- WARNING: the two prompt lists differ")
     print(
         f"- inputs identical on both sides (checksums); fp32; training batch {spec['batch']} studies x 4 views, "
-        f"reports {'/'.join(map(str, lengths))} tokens (mean {statistics.mean(lengths):.1f}, padded to "
-        f"{spec['text_length']}), MLM probability {spec['mlm_probability']}, mask ratio {spec['mask_ratio']}; "
+        f"reports {'/'.join(map(str, lengths))} tokens (mean {statistics.mean(lengths):.1f}; the reference pads to "
+        f"{spec['text_length']}, the package's collator to the longest, {max(lengths)}), MLM probability {spec['mlm_probability']}, mask ratio {spec['mask_ratio']}; "
         f"{args.rounds} timed rounds (prompts, zero-shot: {args.long_rounds}) after 1 warm-up round"
     )
 
