@@ -503,9 +503,34 @@ def serve(side, spec: dict, reply) -> None:
             _send(reply, {"ok": False, "error": traceback.format_exc()})
 
 
+def count_step_flops(side) -> dict[str, float]:
+    """FLOPs of one training step as `torch.utils.flop_counter` counts them (matmuls and attention, forward and
+    backward; 2 per multiply-add). The step is a real one (the weights move on, as in any timed round)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        side.train_step()
+    return {"flops": float(counter.get_total_flops())}
+
+
+def matmul_rate(size: int = 2048, repeats: int = 6) -> dict[str, float]:
+    """FLOP/s of a square fp32 GEMM at this worker's thread count: what the step's matmuls could reach at best."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return {"matmul_flops_per_second": 2.0 * size**3 * repeats / (time.perf_counter() - start)}
+
+
 def _dispatch(side, command: str, request: dict):
     if command == "train":
         return side.train_step()
+    if command == "flops":
+        return count_step_flops(side)
+    if command == "matmul":
+        return matmul_rate()
     if command == "image":
         return side.embed_images(request["batch"])
     if command == "text":

@@ -485,6 +485,27 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def matmul_efficiency(workers: dict[str, Worker], train: dict[str, list], rounds: int) -> dict[str, dict]:
+    """Each side's training step as a share of the machine's matmul rate, measured in the same run.
+
+    FLOPs per step are counted once per side (`torch.utils.flop_counter`); the rate of a 2048-square fp32 GEMM is
+    measured in paired rounds at the same thread count. Share = FLOPs / median step seconds / median GEMM rate:
+    how close the step's remaining work runs to what the matmul kernels reach on this machine.
+    """
+    flops = {name: worker.call("flops")["flops"] for name, worker in workers.items()}
+    rates = paired_rounds(workers, "matmul", rounds)
+    out = {}
+    for name in workers:
+        rate = statistics.median(a["matmul_flops_per_second"] for a in rates[name])
+        seconds = statistics.median(a["seconds"] for a in train[name])
+        out[name] = {"flops": flops[name], "matmul_flops_per_second": rate, "share": flops[name] / seconds / rate}
+        print(
+            f"- {name}: {flops[name] / 1e9:.1f} GFLOP per step (counted), GEMM rate {rate / 1e9:.1f} GFLOP/s, "
+            f"step at {out[name]['share']:.2f} of it"
+        )
+    return out
+
+
 def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
     ref, pkg = workers["reference"].info, workers["package"].info
     if ref["checksums"] != pkg["checksums"]:
@@ -532,6 +553,7 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
         add(f"training step, batch {spec['batch']}", answers)
         add(f"(CPU time of that step, all threads, batch {spec['batch']})", answers, key="cpu_seconds")
         switches["no competing process"] = step_counters(answers)
+        results["matmul_efficiency"] = matmul_efficiency(workers, answers, args.rounds)
     if "train-contended" in args.cases:
         with BusyProcess():
             answers = paired_rounds(workers, "train", args.rounds)

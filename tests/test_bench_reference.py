@@ -42,6 +42,8 @@ def test_realistic_lengths_average_100_of_128(bench) -> None:
     assert lengths == [72, 91, 109, 128]
     assert sum(lengths) / 4 == 100
     assert bench.realistic_report_lengths(1, 128, 72) == [128]
+    assert _tiny_spec(bench, "grouped", batch_size=4)["report_lengths"] == [99, 100, 100, 101]
+    assert _tiny_spec(bench, "full", batch_size=2)["report_lengths"] == [128, 128]
 
 
 def test_zero_shot_extrapolation(bench) -> None:
@@ -90,10 +92,10 @@ def test_inputs_are_identical_across_calls_and_follow_the_masking_rule(bench) ->
         assert not masked[row, 0] and not masked[row, n - 1 :].any()
 
 
-def _tiny_spec(bench) -> dict:
+def _tiny_spec(bench, report_lengths: str = "realistic", batch_size: int = 2) -> dict:
     from configuration import load_preset
 
-    args = Namespace(seed=0, threads=1, batch_size=2, report_lengths="realistic")
+    args = Namespace(seed=0, threads=1, batch_size=batch_size, report_lengths=report_lengths)
     ids = {"cls_id": 2, "sep_id": 3, "mask_id": 4, "pad_id": 0, "unk_id": 1}
     spec = bench.make_spec(args, load_preset("alta-tiny"), ids, preset="alta-tiny")
     spec.update(image_batches=[2, 1], text_batch=2, zeroshot_batch=2)
@@ -104,7 +106,7 @@ def test_package_worker_answers_every_command(bench, parity_dir: Path, tmp_path:
     import _reference_workers as workers
 
     (tmp_path / workers.TEXT_FOLDER).symlink_to(parity_dir / "BiomedVLP-CXR-BERT-specialized")
-    spec = _tiny_spec(bench)
+    spec = _tiny_spec(bench, "grouped")  # the package's text tensors end at the longest report (101 of 128)
     command = [sys.executable, str(BENCHMARKS / "_reference_workers.py"), "--side", "package"]
     command += ["--workspace", str(tmp_path), "--spec", json.dumps(spec)]
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS.parent)}
@@ -116,6 +118,9 @@ def test_package_worker_answers_every_command(bench, parity_dir: Path, tmp_path:
         step = worker.call("train")
         assert step["seconds"] > 0 and step["cpu_seconds"] > 0 and step["voluntary_switches"] >= 0
         assert step["loss"] == step["loss"]  # finite, not NaN
+        flops = worker.call("flops")["flops"]
+        assert flops > 0
+        assert worker.call("matmul")["matmul_flops_per_second"] > 1e6
         worker.call("image", batch=2)
         worker.call("text")
         prompts = worker.call("prompts")
