@@ -57,3 +57,12 @@ def test_demo_quick_writes_eval_results(tmp_path: Path) -> None:
     assert "aligned - random backbone" in spread and "CLIP from scratch" in spread
     probes = script("demo_probes").main(["features", "--run", str(tmp_path / "demo")])
     assert set(probes) >= {"raw 16x16 pixels", results["model_dir"]} and all(0 <= v <= 1 for v in probes.values())
+
+
+def test_align_mask_ratio_reaches_the_adapter_stages_only_when_given() -> None:
+    from training.demo import alignment_budget, parse_args
+
+    default = alignment_budget(parse_args([]))
+    assert "--mask_ratio" not in default  # the preset's ratio, the recipe's 0.75
+    chosen = alignment_budget(parse_args(["--align_mask_ratio", "0.5"]))
+    assert chosen[chosen.index("--mask_ratio") + 1] == "0.5"
