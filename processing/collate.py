@@ -185,17 +185,20 @@ class AltaPretrainingCollator:
         return index, {**images, "report": report}, None
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        studies, indices, skipped = [], [], []
+        studies, keys, skipped = [], [], []
         for position, sample in enumerate(samples):
             index, study, reason = self._usable(sample, position)
             if reason is not None:
                 skipped.append(reason)
                 continue
             studies.append(study)
-            indices.append(index)
+            # A sample that carries its epoch (IndexedStudies with (epoch, index) keys) is drawn for that epoch,
+            # whatever this collator's copy in a persistent DataLoader worker was last told by `set_epoch`.
+            keys.append([self.seed, int(sample.get("epoch", self.epoch)), index])
+        indices = [key[2] for key in keys]
         if not studies:
             return {"skipped": skipped, "truncated": []}
-        streams = [study_streams([self.seed, self.epoch, index]) for index in indices]
+        streams = [study_streams(key) for key in keys]
         reports = [
             shuffle_sentences(study["report"], text_rng) if self.shuffle_reports else study["report"]
             for study, (_, text_rng, _, _) in zip(studies, streams)

@@ -367,7 +367,12 @@ def set_study_transform(dataset, fn: StudyFunction | None = None, **kwargs: Any)
 class IndexedStudies:
     """A study dataset for training: lazily decoded views (`set_study_transform`), each item carrying its row index
     under ``"index"``, the key of all the study's randomness in `AltaPretrainingCollator`. A `torch` map-style
-    dataset (``len`` and integer indexing)."""
+    dataset (``len`` and integer indexing).
+
+    A key may also be ``(epoch, index)`` (what `GlobalBatchSampler(..., with_epoch=True)` yields): the item then
+    carries ``"epoch"`` too, so the collator keys the study's draws by the epoch it was sampled in even in a
+    DataLoader worker that outlives the epoch (`persistent_workers`).
+    """
 
     def __init__(self, dataset) -> None:
         self.dataset = set_study_transform(dataset)
@@ -375,9 +380,16 @@ class IndexedStudies:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.dataset[int(index)])
-        item["index"] = int(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch = None
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise KeyError(f"a study key is an index or (epoch, index); got {key!r}")
+            epoch, key = key
+        item = dict(self.dataset[int(key)])
+        item["index"] = int(key)
+        if epoch is not None:
+            item["epoch"] = int(epoch)
         return item
 
 

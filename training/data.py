@@ -40,6 +40,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
     shuffled again. A batch padded to its longest report then carries little padding. Everything is drawn from
     `(seed, epoch)` alone and sharded after grouping, so the batches do not depend on the number of processes or
     DataLoader workers, and `set_epoch(epoch, start_batch)` resumes exactly.
+
+    With `with_epoch=True` each key is ``(epoch, index)`` instead of ``index`` (for `IndexedStudies`), so that the
+    epoch reaches the collator in DataLoader workers that persist across epochs.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         seed: int,
         lengths: Sequence[int] | None = None,
         group_batches: int = 64,
+        with_epoch: bool = False,
     ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -71,6 +75,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
             raise ValueError(f"group_batches must be >= 1; got {group_batches}")
         self.lengths = None if lengths is None else [int(n) for n in lengths]
         self.group_batches = int(group_batches)
+        self.with_epoch = bool(with_epoch)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = int(epoch), int(start_batch)
@@ -96,7 +101,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches()[self.start_batch :]:
-            yield batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            yield [(self.epoch, index) for index in mine] if self.with_epoch else mine
 
 
 def report_lengths(dataset, tokenizer, max_length: int, chunk: int = 4096) -> list[int]:
@@ -157,6 +163,7 @@ def build_dataloader(
         accelerator.process_index,
         args.seed,
         lengths=lengths,
+        with_epoch=True,  # the keys carry the epoch to the collator in a persistent worker
     )
     collator = AltaPretrainingCollator(
         processor,
@@ -175,6 +182,10 @@ def build_dataloader(
         collate_fn=collator,
         num_workers=data_args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched
+        # A worker forked afresh each epoch makes the training process copy every page it writes afterwards
+        # (copy-on-write: the model, its gradients and optimizer state): 1.1 s on the first step of each epoch
+        # at the demo size, against 0.3 s for a step (benchmarks/RESULTS.md §12). The workers are forked once.
+        persistent_workers=data_args.dataloader_num_workers > 0,
     )
     return loader, sampler, collator
 

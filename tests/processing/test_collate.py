@@ -265,3 +265,20 @@ def test_the_current_frontal_is_not_cropped_twice(processor):
         a, b = model(**inputs), model(**cropped)
     for key in ("contrastive_loss", "local_loss", "reconstruction_loss", "mlm_loss"):
         assert torch.equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_a_sample_carrying_its_epoch_is_drawn_for_that_epoch(processor, tmp_path):
+    from processing.datasets import IndexedStudies, dataset_from_rows
+    from tests.training.synthetic import write_studies
+
+    studies = IndexedStudies(dataset_from_rows(write_studies(tmp_path, n=4)))
+    assert studies[(3, 1)]["epoch"] == 3 and studies[(3, 1)]["index"] == 1 and "epoch" not in studies[1]
+    collate = AltaPretrainingCollator(processor, seed=3, augment=True, mask_noise_shape=(4, 4))
+    collate.set_epoch(2)
+    told = collate([studies[1], studies[3]])
+    collate.set_epoch(0)  # a persistent worker's copy that never heard of epoch 2
+    carried = collate([studies[(2, 1)], studies[(2, 3)]])
+    stale = collate([studies[1], studies[3]])
+    for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
+        torch.testing.assert_close(carried[key], told[key], atol=0, rtol=0, msg=key)
+    assert not torch.equal(stale["mask_noise"], told["mask_noise"])

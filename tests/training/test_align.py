@@ -223,6 +223,10 @@ def test_schedule_and_sampler() -> None:
         assert joined == list(one)
     one.set_epoch(1, start_batch=1)
     assert len(list(one)) == 1
+    keyed = GlobalBatchSampler(10, 4, 1, 0, seed=3, with_epoch=True)  # what build_dataloader uses
+    keyed.set_epoch(1)
+    one.set_epoch(1)
+    assert list(keyed) == [[(1, i) for i in batch] for batch in one]
 
 
 def test_length_grouped_sampler_keeps_the_guarantees() -> None:

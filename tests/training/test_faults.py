@@ -468,3 +468,17 @@ def test_dataloader_workers_ending_an_epoch_do_not_stop_the_run(tmp_path, parity
     take that for a stop request (12 studies, 4 per step: the run crosses two epoch ends)."""
     result = main(_argv(parity_dir, dataset, tmp_path / "run", "--max_steps", "7", "--dataloader_num_workers", "1"))
     assert result["interrupted"] is False and result["exit_code"] == 0 and result["global_step"] == 7
+
+
+def test_a_persistent_worker_draws_each_epoch_as_the_main_process_does(tmp_path, parity_dir, dataset):
+    """The DataLoader worker lives across epochs (forked once), so the epoch travels with each study key: its
+    augmentation, MLM and patch-masking draws match the run without workers step for step, across two epoch ends
+    (12 studies, 4 per step). A worker left at epoch 0's draws would change the losses from step 4 on."""
+    runs = [
+        main(_argv(parity_dir, dataset, tmp_path / f"run{w}", "--max_steps", "7", "--augment", "true",
+                   "--dataloader_num_workers", str(w)))
+        for w in (0, 1)
+    ]  # fmt: skip
+    assert [r["global_step"] for r in runs] == [7, 7]
+    assert runs[1]["loss_curve"] == runs[0]["loss_curve"]
+    assert len(runs[0]["loss_curve"]) == 7
