@@ -8,6 +8,7 @@ loop's bookkeeping cost. Each checkout runs in its own process (`--tree`, for a 
 alternating rounds.
 
     python benchmarks/bench_align_demo.py --steps 30 --rounds 2 [--tree /path/to/other/checkout]
+    python benchmarks/bench_align_demo.py --steps 30 --rounds 2 --threads 1     # as the demo runs it
     python benchmarks/bench_align_demo.py --quick
 """
 
@@ -31,6 +32,8 @@ from pathlib import Path
 spec = json.loads(os.environ["ALTA_SPEC"])
 sys.path.insert(0, spec["tree"])
 import torch
+if spec.get("threads"):
+    torch.set_num_threads(spec["threads"])  # as `training.demo --threads` does before it calls align.main
 from configuration import load_preset
 from modeling_alta import AltaForPreTraining
 from modeling_alta.image_processing_alta import AltaImageProcessor
@@ -114,12 +117,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (the demo: 1)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the training process (default: torch's, one per core; the demo runs 1, leaving the "
+        "other core to its DataLoader worker)",
+    )
     parser.add_argument("--tree", action="append", default=[], help="another checkout to run too")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.rounds = 3, 4, 1
-    spec = {"steps": args.steps, "batch_size": args.batch_size, "workers": args.workers, "extra": []}
+    spec = {"steps": args.steps, "batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
+            "extra": []}  # fmt: skip
     # Each checkout as its entry point runs it: this one sets OMP_WAIT_POLICY=PASSIVE (training/threads.py).
     from training.threads import openmp_environment
 
@@ -130,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for name, tree, env in configs if r % 2 == 0 else configs[::-1]:
             results[name].append(run(tree, env, spec))
-    print(f"# bench_align_demo (alta-demo, batch {args.batch_size}, {args.steps} steps, {args.workers} worker(s))")
+    print(
+        f"# bench_align_demo (alta-demo, batch {args.batch_size}, {args.steps} steps, {args.workers} worker(s), "
+        f"torch threads {args.threads or 'default'})"
+    )
     print("\n".join(header))
     rows = []
     for name, _, _ in configs:
