@@ -387,7 +387,6 @@ class PackageSide:
         self.processor = AltaProcessor(AltaImageProcessor(), tokenizer, max_length=spec["text_length"])
         self.prompts = chexpert_5x200_prompts()
         self.text_length = spec["text_length"]
-        self.spec = spec
 
     def describe(self, tensors: dict) -> dict:
         return {"parameters": count_parameters(self.model), "prompts": self.prompts}
@@ -399,7 +398,7 @@ class PackageSide:
         slot0 = torch.zeros_like(t["views"][:, :1])
         # The package's collator pads a batch to its longest report (`--pad_to_max_length` restores 128), so its
         # text tensors end there; the reference's dataset pads every report to 128.
-        longest = max(self.spec["report_lengths"])
+        longest = int(t["attention_mask"].sum(1).max())
         self.batch = {
             "pixel_values": torch.cat([slot0, t["views"]], dim=1),
             "reconstruction_pixel_values": t["img_big"],
@@ -504,13 +503,11 @@ def serve(side, spec: dict, reply) -> None:
 
 
 def count_step_flops(side) -> dict[str, float]:
-    """FLOPs of one training step as `torch.utils.flop_counter` counts them (matmuls and attention, forward and
-    backward; 2 per multiply-add). The step is a real one (the weights move on, as in any timed round)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one training step (`_common.count_flops`: forward and backward). The step is a real one (the
+    weights move on, as in any timed round)."""
+    from _common import count_flops  # stdlib and torch only: importable from the reference's environment too
 
-    with FlopCounterMode(display=False) as counter:
-        side.train_step()
-    return {"flops": float(counter.get_total_flops())}
+    return {"flops": float(count_flops(side.train_step))}
 
 
 def matmul_rate(size: int = 2048, repeats: int = 6) -> dict[str, float]:

@@ -397,11 +397,12 @@ def make_spec(args, config, tokenizer_ids: dict[str, int], preset: str = "alta-b
     """What both workers build: sizes (from `config`, the package's `preset`), seed, threads, token ids."""
     vision, text = config.vision_config, config.text_config
     length = 128
-    lengths = {
-        "realistic": lambda: realistic_report_lengths(args.batch_size, length, 72),
-        "grouped": lambda: realistic_report_lengths(args.batch_size, 101, 99),
-        "full": lambda: [length] * args.batch_size,
-    }[args.report_lengths]()
+    if args.report_lengths == "realistic":
+        lengths = realistic_report_lengths(args.batch_size, length, 72)
+    elif args.report_lengths == "grouped":
+        lengths = realistic_report_lengths(args.batch_size, 101, 99)
+    else:
+        lengths = [length] * args.batch_size
     return {
         "seed": args.seed,
         "threads": args.threads,
@@ -528,7 +529,8 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
     print(
         f"- inputs identical on both sides (checksums); fp32; training batch {spec['batch']} studies x 4 views, "
         f"reports {'/'.join(map(str, lengths))} tokens (mean {statistics.mean(lengths):.1f}; the reference pads to "
-        f"{spec['text_length']}, the package's collator to the longest, {max(lengths)}), MLM probability {spec['mlm_probability']}, mask ratio {spec['mask_ratio']}; "
+        f"{spec['text_length']}, the package's collator to the longest, {max(lengths)}), MLM probability "
+        f"{spec['mlm_probability']}, mask ratio {spec['mask_ratio']}; "
         f"{args.rounds} timed rounds (prompts, zero-shot: {args.long_rounds}) after 1 warm-up round"
     )
 

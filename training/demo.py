@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--align_mask_ratio",
         type=float,
         default=None,
-        help="patch mask ratio of the adapter stages (default: the preset's, the recipe's 0.75). Measured on seed 0 "
+        help="patch mask ratio of the adapter stages (default: align.py's, the recipe's 0.75). Measured on seed 0 "
         "(benchmarks/RESULTS.md §8): 0.5 gives 0.392 zero-shot against 0.367 and 0.25 gives 0.388, for 1.6x and "
         "1.8x the stage's time",
     )
