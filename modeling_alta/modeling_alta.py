@@ -859,6 +859,9 @@ class AltaVisionTransformer(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Inference shortcut for studies with missing views (see `_encode_sharing_missing`); benchmarks switch it off
+        # to measure it against the full path.
+        self.share_missing_frames = True
 
     def _encode(
         self, tokens: torch.Tensor, output_hidden_states: bool, output_attentions: bool
@@ -867,6 +870,35 @@ class AltaVisionTransformer(nn.Module):
             self.layers, tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions
         )
         return self.norm(hidden), states, attentions
+
+    def _can_share_missing(self, mask_ratio: float, output_hidden_states: bool, output_attentions: bool) -> bool:
+        """Whether missing frames may be encoded once per slot: in inference without patch masking (no dropout, no
+        random mask: a missing frame's tokens then depend on its slot alone), without per-frame hidden states or
+        attentions, and outside tracing and export (the shortcut's shapes depend on the data)."""
+        if not self.share_missing_frames or self.training or mask_ratio > 0:
+            return False
+        if output_hidden_states or output_attentions:
+            return False
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+    def _encode_sharing_missing(
+        self, frames: torch.Tensor, slots: torch.Tensor, missing: torch.Tensor
+    ) -> torch.Tensor:
+        """Encode `frames` `[F, C, H, W]` computing each missing frame once per slot: `[F, 1+n, D]`, the same as
+        encoding every frame (frames are encoded independently, and a missing frame's tokens are the missing-view
+        token plus its slot's embeddings). Studies without priors skip half their frames."""
+        present = (~missing).nonzero().flatten()
+        missing_slots = torch.unique(slots[missing])  # sorted
+        stand_ins = frames.new_zeros(missing_slots.shape[0], *frames.shape[1:])
+        flags = torch.cat([missing.new_zeros(present.shape[0]), missing.new_ones(missing_slots.shape[0])])
+        tokens, _, _ = self.embeddings(
+            torch.cat([frames[present], stand_ins]), torch.cat([slots[present], missing_slots]), flags
+        )
+        encoded, _, _ = self._encode(tokens, False, False)
+        hidden = encoded.new_empty(frames.shape[0], *encoded.shape[1:])
+        hidden[present] = encoded[: present.shape[0]]
+        hidden[missing] = encoded[present.shape[0] + torch.searchsorted(missing_slots, slots[missing])]
+        return hidden
 
     def frame_embedding(self, hidden: torch.Tensor) -> torch.Tensor:
         """One embedding per frame from its encoded tokens `[..., 1+N, D]` -> `[..., D]` (`config.pooling`)."""
@@ -975,8 +1007,13 @@ class AltaVisionTransformer(nn.Module):
         noise = None
         if mask_noise is not None:
             noise = mask_noise.reshape(batch * views, -1)
-        tokens, mask, ids_restore = self.embeddings(frames, slots, ~view_mask.reshape(-1), mask_ratio, noise)
-        hidden, states, attentions = self._encode(tokens, output_hidden_states, output_attentions)
+        missing = ~view_mask.reshape(-1)
+        mask = ids_restore = states = attentions = None
+        if self._can_share_missing(mask_ratio, output_hidden_states, output_attentions):
+            hidden = self._encode_sharing_missing(frames, slots, missing)
+        else:
+            tokens, mask, ids_restore = self.embeddings(frames, slots, missing, mask_ratio, noise)
+            hidden, states, attentions = self._encode(tokens, output_hidden_states, output_attentions)
         hidden = hidden.reshape(batch, views, *hidden.shape[1:])
         slot_embeds = self.frame_embedding(hidden)
         if pooling == "all":

@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = {
     "bench_inference.py": ["## Image embedding", "| dtype | batch | ALTA images/s", "## Arithmetic limit"],
+    "bench_missing_views.py": ["## Study embedding with missing views", "| frames in the batch | encoded (shared)"],
     "bench_onnx.py": [
         "## Image embedding on CPU",
         "| batch | PyTorch images/s | onnxruntime images/s",

@@ -141,6 +141,47 @@ def test_present_pooling_ignores_missing_slots(tester: AltaModelTester) -> None:
     torch.testing.assert_close(slots.pooler_output, slots.slot_embeds.mean(1))
 
 
+def test_missing_frames_are_encoded_once_per_slot_in_inference(tester: AltaModelTester) -> None:
+    """In eval without patch masking a missing view's frame depends on its slot alone, so it is encoded once per
+    slot: the outputs equal encoding every frame, and the patch embedding sees fewer frames. Training, masking and
+    per-frame hidden states take the full path."""
+    config = tester.get_config()
+    config.vision_config.pooling = "mean"  # every patch token counts, not only [CLS]
+    model = AltaModel(config).eval()
+    for adapter in model.alta_adapters():
+        for param in adapter.parameters():
+            torch.nn.init.normal_(param, 0.0, 0.02)
+    s = tester.image_size
+    view_mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    study = torch.randn(5, 4, 3, s, s) * view_mask[..., None, None, None]
+    encoder = model.vision_model
+    seen: list[int] = []
+    hook = encoder.embeddings.patch_embed.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
+    try:
+        for pooling in ("all", "present"):
+            seen.clear()
+            with torch.no_grad():
+                shared = encoder(study, view_mask=view_mask, study_pooling=pooling)
+                encoder.share_missing_frames = False
+                full = encoder(study, view_mask=view_mask, study_pooling=pooling)
+                encoder.share_missing_frames = True
+                with_states = encoder(study, view_mask=view_mask, study_pooling=pooling, output_hidden_states=True)
+            # 11 present frames + one stand-in for each of the 3 slots missing somewhere; then all 20 frames, twice
+            assert seen == [14, 20, 20]
+            torch.testing.assert_close(shared.pooler_output, full.pooler_output, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(shared.last_hidden_state, full.last_hidden_state, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(with_states.pooler_output, full.pooler_output, rtol=1e-5, atol=1e-6)
+        seen.clear()
+        model.train()
+        encoder(study, view_mask=view_mask, mask_ratio=0.0)
+        model.eval()
+        with torch.no_grad():
+            encoder(study, view_mask=view_mask, mask_ratio=0.5)
+        assert seen == [20, 20]
+    finally:
+        hook.remove()
+
+
 def test_any_image_size_divisible_by_patch(tester: AltaModelTester) -> None:
     model = AltaModel(tester.get_config()).eval()
     with torch.no_grad():
