@@ -323,16 +323,16 @@ def alta_stage(args: argparse.Namespace, out: Path, setup: DemoSetup) -> Stage:
 
 
 def adapter_baseline_stages(args: argparse.Namespace, out: Path, setup: DemoSetup) -> list[Stage]:
-    """ALTA at the same step budget from a random (not pretrained) backbone, and on frontal-only inputs."""
+    """ALTA at the same step budget on frontal-only inputs, and from a random (not pretrained) backbone."""
     budget = alignment_budget(args)
     return [
+        _stage("baseline_frontal_only", out, setup.frontal_common, [*_on_backbone(out), *budget], after=("backbone",)),
         _stage(
             "baseline_random_backbone",
             out,
             setup.common,
             ["--preset", "alta-demo", "--config_overrides", setup.sizes, *budget],
         ),
-        _stage("baseline_frontal_only", out, setup.frontal_common, [*_on_backbone(out), *budget], after=("backbone",)),
     ]
 
 
@@ -507,7 +507,7 @@ def train_runs(args: argparse.Namespace, out: Path, setup: DemoSetup) -> dict[st
     stages.append(alta_stage(args, out, setup))
     if not args.no_baselines:
         stages += [
-            *reversed(adapter_baseline_stages(args, out, setup)),
+            *adapter_baseline_stages(args, out, setup),
             clip_stage(args, out, setup, "clip_scratch_alta_time", short),
         ]
     results = run_stages(stages, out, args.jobs, args.threads)
