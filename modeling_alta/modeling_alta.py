@@ -186,7 +186,11 @@ def alta_local_loss(
         `torch.Tensor`: scalar.
     """
     scales = (scale_attention, scale_word, scale_text)
-    single = all_image_local is None
+    # In one process the "gathered" tensors are this process's own (`gather_with_grad` returns them as they are):
+    # the texts' rows are then the transpose of the images' rows, so the similarity is computed once, not twice.
+    single = all_image_local is None or (
+        all_image_local is image_local and all_text_local is text_local and all_cap_lens is cap_lens and offset == 0
+    )
     if single:
         all_image_local, all_text_local, all_cap_lens, offset = image_local, text_local, cap_lens, 0
     keep = cap_lens > 0

@@ -24,6 +24,9 @@ from .distributed import gather_with_grad, pad_to_global_max, world_info
 
 def _gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Gather `x` `[n_r, ...]` from every rank (sizes `sizes`) into `[sum(sizes), ...]`, keeping the gradient."""
+    if len(sizes) == 1:
+        # One process: `x` itself, so the losses see the same tensor object and score the batch once.
+        return x
     largest = max(sizes)
     if x.shape[0] < largest:
         pad = x.new_zeros(largest - x.shape[0], *x.shape[1:])

@@ -261,7 +261,14 @@ def test_length_grouped_sampler_keeps_the_guarantees() -> None:
         GlobalBatchSampler(103, 8, 1, 0, seed=5, lengths=lengths[:-1])
 
 
-def test_loss_module_equals_model_loss_in_one_process() -> None:
+def test_loss_module_equals_model_loss_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modeling_alta.modeling_alta as modeling
+
+    # In one process the word-patch similarity matrix is scored once (the texts' rows are its transpose), as in the
+    # model's own loss; computing it a second time cost align.py a fifth of its step at the demo size.
+    scored = []
+    similarity = modeling.alta_local_similarity
+    monkeypatch.setattr(modeling, "alta_local_similarity", lambda *a, **k: scored.append(1) or similarity(*a, **k))
     torch.manual_seed(0)
     config = load_preset("alta-tiny", vision_config={"image_size": 32, "reconstruction_image_size": 64})
     config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.0
@@ -285,7 +292,9 @@ def test_loss_module_equals_model_loss_in_one_process() -> None:
     reference.loss.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
+    assert len(scored) == 1
     losses = AltaPretrainingLoss.from_config(config)(model(**inputs, return_loss=False))
+    assert len(scored) == 2
     losses["loss"].backward()
     torch.testing.assert_close(losses["loss"], reference.loss)
     torch.testing.assert_close(losses["total_loss"], reference.loss.detach())
