@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 from safetensors.numpy import load_file
 
 from modeling_alta.image_processing_alta import (
     AltaImageProcessor,
     apply_augment_params,
     augment_with_shared_params,
+    jitter_brightness_contrast,
     normalize_uint8,
     resize_and_crop_uint8,
     sample_augment_params,
@@ -205,6 +206,38 @@ def test_affine_identity_and_fill():
     shift = round(0.1 * 64)
     np.testing.assert_array_equal(moved[:, shift:], np.asarray(image)[:, :-shift])
     assert (moved[:, :shift] == 0).all()  # fill 0 where the shift uncovers the canvas
+
+
+def _image_enhance(image: Image.Image, brightness: float, contrast: float, brightness_first: bool) -> Image.Image:
+    # The operations the lookup table stands for, as PIL implements them.
+    first, second = (ImageEnhance.Brightness, ImageEnhance.Contrast) if brightness_first else (
+        ImageEnhance.Contrast, ImageEnhance.Brightness)  # fmt: skip
+    factors = (brightness, contrast) if brightness_first else (contrast, brightness)
+    return second(first(image).enhance(factors[0])).enhance(factors[1])
+
+
+def test_jitter_lookup_table_is_bitwise_pil_image_enhance():
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        height, width = (int(v) for v in rng.integers(1, 90, size=2))
+        kind = trial % 4
+        if kind == 0:  # every level
+            pixels = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        elif kind == 1:  # black and white only: a mean far from mid-gray
+            pixels = (rng.integers(0, 2, (height, width)) * 255).astype(np.uint8)
+        elif kind == 2:  # a radiograph-like narrow histogram at a random level
+            pixels = np.clip(rng.normal(rng.uniform(0, 255), 30, (height, width)), 0, 255).astype(np.uint8)
+        else:  # constant
+            pixels = np.full((height, width), rng.integers(0, 256), np.uint8)
+        image = Image.fromarray(pixels, "L")
+        brightness, contrast = (float(v) for v in rng.uniform(0.0, 2.5, size=2))
+        if trial % 9 == 0:
+            brightness, contrast = 1.0, float(rng.choice([0.0, 0.8, 1.0, 1.2]))
+        for brightness_first in (True, False):
+            expected = _image_enhance(image, brightness, contrast, brightness_first)
+            got = jitter_brightness_contrast(image, brightness, contrast, brightness_first)
+            assert got.mode == "L" and got.size == image.size
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=f"trial {trial}")
 
 
 # ------------------------------------------------------------------------------------------------ real radiographs
