@@ -99,12 +99,10 @@ def encode_texts(
                 raise ValueError(f"{label} is empty after process_text cleanup (input {item!r})")
             item = cleaned
         checked.append(item)
-    if max_length is not None and truncation:
-        _warn_if_truncated(tokenizer, checked, max_length, labels, truncated)
-    elif max_length is not None and padding == "max_length":
+    if max_length is not None and not truncation and padding == "max_length":
         longest = max(len(ids) for ids in tokenizer(checked, add_special_tokens=True)["input_ids"])
         max_length = max(max_length, longest)
-    return tokenizer(
+    encoded = tokenizer(
         checked,
         padding=padding,
         max_length=max_length,
@@ -114,6 +112,40 @@ def encode_texts(
         return_attention_mask=True,
         **kwargs,
     )
+    if max_length is not None and truncation:
+        counts = None if kwargs else _lengths_before_truncation(tokenizer, encoded)
+        if counts is None:
+            _warn_if_truncated(tokenizer, checked, max_length, labels, truncated)
+        else:
+            _report_truncated(list(zip(labels, checked, counts)), max_length, truncated)
+    return encoded
+
+
+def _lengths_before_truncation(tokenizer: Any, encoded: Any) -> list[int] | None:
+    """Each text's token count before truncation, read from the output of a `tokenizers`-backed tokenizer (whose
+    encodings keep the cut-off tokens in `overflowing`), so a truncated batch is tokenised once. `None` for a
+    tokenizer without such encodings."""
+    encodings = getattr(encoded, "encodings", None)
+    if not encodings:
+        return None
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    counts = []
+    for encoding in encodings:
+        # Content tokens only: the template's [CLS]/[SEP] and the padding are marked special in each piece.
+        pieces = [encoding, *encoding.overflowing]
+        counts.append(special + sum(len(p.special_tokens_mask) - sum(p.special_tokens_mask) for p in pieces))
+    return counts
+
+
+def _report_truncated(texts: list[tuple[str, str, int]], max_length: int, collect: list[str] | None) -> None:
+    """Name each `(label, text, token count)` longer than `max_length`: into `collect`, or one warning each."""
+    for label, item, count in texts:
+        if count > max_length and collect is not None:
+            collect.append(f"{label} ({count} tokens)")
+        elif count > max_length:
+            logger.warning(
+                f"{label} has {count} tokens and is truncated to max_length={max_length} (starts {item[:60]!r})"
+            )
 
 
 def _warn_if_truncated(
@@ -127,14 +159,7 @@ def _warn_if_truncated(
         return
     # One batched call for all of them (a call per text costs more than the tokenisation itself).
     found = tokenizer([item for _, item in long], add_special_tokens=True, verbose=False)["input_ids"]
-    counts = [len(ids) for ids in found]
-    for (label, item), count in zip(long, counts):
-        if count > max_length and collect is not None:
-            collect.append(f"{label} ({count} tokens)")
-        elif count > max_length:
-            logger.warning(
-                f"{label} has {count} tokens and is truncated to max_length={max_length} (starts {item[:60]!r})"
-            )
+    _report_truncated([(label, item, len(ids)) for (label, item), ids in zip(long, found)], max_length, collect)
 
 
 class AltaProcessor(ProcessorMixin):

@@ -217,3 +217,28 @@ def test_report_length_belongs_to_the_processor(processor, tmp_path):
     assert AltaProcessor.from_pretrained(tmp_path).max_length == 32
     with pytest.raises(ValueError, match=r"`max_length` must hold at least \[CLS\] and \[SEP\]"):
         AltaProcessor(processor.image_processor, processor.tokenizer, max_length=1)
+
+
+def test_truncated_reports_are_counted_from_one_tokenisation(processor, monkeypatch):
+    # The token count before truncation is read from the tokenizer's own encodings (the cut-off tokens it keeps),
+    # not from a second tokenisation of every long report: the same counts as tokenising the texts whole.
+    tokenizer = processor.tokenizer
+    rng = np.random.default_rng(0)
+    words = ["effusion", "pneumothorax,", "cardiomegaly.", "the", "xqzwv", "retrocardiac", "opacity", "is", "seen."]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 200, size=60)]
+    names = [f"study {i}" for i in range(len(texts))]
+    whole = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    expected = [f"{name} ({n} tokens)" for name, n in zip(names, whole) if n > 40]
+    assert 10 < len(expected) < 60 and max(whole) > 2 * 40  # some cut once, some into several overflow pieces
+    calls = []
+    call = type(tokenizer).__call__
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    for padding in ("longest", "max_length"):
+        found: list[str] = []
+        calls.clear()
+        out = encode_texts(tokenizer, texts, max_length=40, padding=padding, names=names, truncated=found)
+        assert len(calls) == 1 and found == expected
+        assert out["input_ids"] == tokenizer(texts, padding=padding, max_length=40, truncation=True)["input_ids"]
+    found = []
+    encode_texts(tokenizer, texts, max_length=40, names=names, truncated=found, stride=0)  # other tokenizer options
+    assert found == expected
