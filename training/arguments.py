@@ -88,6 +88,14 @@ class DataArguments:
     validation_split: str = field(default="validation", metadata={"help": "Split of the validation DatasetDict."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N studies."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    cache_decoded_studies_mb: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep decoded studies in memory, up to this many MiB of pixels in each process and DataLoader "
+            "worker, so that later epochs do not read and decode their images again (training is bitwise the same; "
+            "0 = off). Images are held at their stored size: it pays off for data stored near the training size."
+        },
+    )
     max_consecutive_skipped_batches: int = field(
         default=20,
         metadata={

@@ -155,7 +155,7 @@ def build_dataloader(
     lengths = None
     if args.group_by_length:  # before the study transform is installed: only the report column is read
         lengths = report_lengths(dataset, processor.tokenizer, data_args.max_length)
-    studies = IndexedStudies(dataset)
+    studies = IndexedStudies(dataset, cache_mb=data_args.cache_decoded_studies_mb)
     sampler = GlobalBatchSampler(
         len(studies),
         args.per_device_train_batch_size,

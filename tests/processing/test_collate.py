@@ -282,3 +282,49 @@ def test_a_sample_carrying_its_epoch_is_drawn_for_that_epoch(processor, tmp_path
     for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise"):
         torch.testing.assert_close(carried[key], told[key], atol=0, rtol=0, msg=key)
     assert not torch.equal(stale["mask_noise"], told["mask_noise"])
+
+
+def test_cached_studies_collate_bitwise_as_decoded_ones_and_are_not_decoded_again(processor, tmp_path, monkeypatch, caplog):
+    import processing.datasets as datasets_module
+    from processing.datasets import IndexedStudies, dataset_from_rows
+    from tests.training.synthetic import write_studies
+
+    rows = dataset_from_rows(write_studies(tmp_path, n=6, corrupt=(4,)))
+    decoded = []
+    decode_view = datasets_module.decode_view
+
+    def counting(value, *args, **kwargs):
+        if isinstance(value, dict):  # a stored cell ({"bytes", "path"}), not an image decoded before
+            decoded.append(value.get("path"))
+        return decode_view(value, *args, **kwargs)
+
+    monkeypatch.setattr(datasets_module, "decode_view", counting)
+    plain, cached = IndexedStudies(rows), IndexedStudies(rows, cache_mb=1)
+    collate = AltaPretrainingCollator(processor, seed=3, augment=True, mask_noise_shape=(4, 4))
+    for epoch in range(3):
+        keys = [(epoch, i) for i in np.random.default_rng(epoch).permutation(6)]
+        decoded.clear()
+        expected = collate([plain[k] for k in keys])
+        files = len(decoded)
+        assert files >= 6  # every study's frontal at least, read every time
+        decoded.clear()
+        got = collate([cached[k] for k in keys])
+        assert len(decoded) == (files if epoch == 0 else 0)  # later epochs: nothing read or decoded
+        assert got["skipped"] == expected["skipped"] and len(got["skipped"]) == 1  # the corrupt study, every epoch
+        for key in ("pixel_values", "reconstruction_pixel_values", "mlm_input_ids", "mask_noise", "view_mask"):
+            assert torch.equal(got[key], expected[key]), (epoch, key)
+    assert cached.cache_info()["studies"] == 6 and cached.cache_info()["hits"] == 12
+    assert cached.cache_info()["misses"] == 6
+
+    # A budget for about two studies: those stay, the rest are decoded each time, and the log says so once.
+    small = IndexedStudies(rows, cache_mb=(2 * 3 * 48 * 48 + 200) / 2**20)
+    with caplog.at_level("INFO", logger="processing.datasets"):
+        for _ in range(2):
+            for i in range(6):
+                small[i]
+    info = small.cache_info()
+    assert 1 <= info["studies"] <= 3 and info["bytes"] <= info["budget"]
+    assert info["hits"] == info["studies"] and info["misses"] == 12 - info["studies"]
+    assert sum("decoded-study cache full" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
+        IndexedStudies(rows, cache_mb=-1)

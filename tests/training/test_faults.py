@@ -473,12 +473,14 @@ def test_dataloader_workers_ending_an_epoch_do_not_stop_the_run(tmp_path, parity
 def test_a_persistent_worker_draws_each_epoch_as_the_main_process_does(tmp_path, parity_dir, dataset):
     """The DataLoader worker lives across epochs (forked once), so the epoch travels with each study key: its
     augmentation, MLM and patch-masking draws match the run without workers step for step, across two epoch ends
-    (12 studies, 4 per step). A worker left at epoch 0's draws would change the losses from step 4 on."""
+    (12 studies, 4 per step). A worker left at epoch 0's draws would change the losses from step 4 on. The same
+    worker serving the second and third epochs from its decoded-study cache trains bitwise the same."""
     runs = [
-        main(_argv(parity_dir, dataset, tmp_path / f"run{w}", "--max_steps", "7", "--augment", "true",
-                   "--dataloader_num_workers", str(w)))
-        for w in (0, 1)
+        main(_argv(parity_dir, dataset, tmp_path / f"run{w}{cache}", "--max_steps", "7", "--augment", "true",
+                   "--dataloader_num_workers", str(w), "--cache_decoded_studies_mb", cache))
+        for w, cache in ((0, "0"), (1, "0"), (1, "64"))
     ]  # fmt: skip
-    assert [r["global_step"] for r in runs] == [7, 7]
+    assert [r["global_step"] for r in runs] == [7, 7, 7]
     assert runs[1]["loss_curve"] == runs[0]["loss_curve"]
+    assert runs[2]["loss_curve"] == runs[0]["loss_curve"]
     assert len(runs[0]["loss_curve"]) == 7
