@@ -39,7 +39,7 @@ POLICIES = {
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
     "active": {"OMP_WAIT_POLICY": "ACTIVE"},
     "spin10k": {"GOMP_SPINCOUNT": "10000"},
-    "spin1k": {"GOMP_SPINCOUNT": "1000"},
+    "spin1k": {"GOMP_SPINCOUNT": "1000"},  # what the package sets
     "package": None,  # whatever the package's entry points set (`training.threads.configure_openmp`)
 }
 

@@ -1,4 +1,4 @@
-"""The entry points' OpenMP wait policy: set before torch loads, never over the user's choice."""
+"""The entry points' OpenMP spin count: set before torch loads, never over the user's choice."""
 
 from __future__ import annotations
 
@@ -20,17 +20,18 @@ def _child(code: str, **env: str) -> str:
 
 
 def test_defaults_unless_the_user_chose() -> None:
-    assert openmp_environment({}) == DEFAULTS == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_environment({}) == DEFAULTS == {"GOMP_SPINCOUNT": "1000"}
     assert openmp_environment({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
     assert openmp_environment({"GOMP_SPINCOUNT": "10000"}) == {}
 
 
 def test_the_entry_points_set_it_before_torch_loads() -> None:
-    show = "import os, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    show = "import os, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
     # training/align.py as a script and as a module, and the demo
     for module in ("training.align", "training.demo"):
-        assert _child(f"import {module}; {show}") == "PASSIVE", module
-    assert _child(f"import training.align; {show}", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+        assert _child(f"import {module}; {show}") == "1000", module
+    assert _child(f"import training.align; {show}", OMP_WAIT_POLICY="PASSIVE") == "None"  # the user's policy
+    assert _child(f"import training.align; {show}", GOMP_SPINCOUNT="50") == "50"
     # too late once torch is loaded: nothing is set (it would have no effect)
     assert _child(f"import torch, training.openmp_defaults as m; print(m.APPLIED); {show}") == "False\nNone"
     # the console scripts go through training.threads
@@ -40,5 +41,5 @@ def test_the_entry_points_set_it_before_torch_loads() -> None:
     assert scripts["alta-embed"] == "training.threads:alta_embed"
     assert scripts["alta-evaluate"] == "training.threads:alta_evaluate"
     code = "import sys; sys.argv = ['alta-embed', '--help']\nimport training.threads as t\ntry:\n    t.alta_embed()\n"
-    code += "except SystemExit:\n    import os; print(os.environ.get('OMP_WAIT_POLICY'))"
-    assert _child(code).endswith("PASSIVE")
+    code += "except SystemExit:\n    import os; print(os.environ.get('GOMP_SPINCOUNT'))"
+    assert _child(code).endswith("1000")
