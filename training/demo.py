@@ -60,7 +60,7 @@ logger = logging.getLogger("alta.demo")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PRETRAIN_STEPS = 400
 ALIGN_STEPS = 150
-CLIP_STEPS = [190, 430]  # the ALTA stage (mask ratio 0.5) and backbone + ALTA at a CLIP step of 0.40 s (RESULTS.md §8)
+CLIP_STEPS = [165, 370]  # the ALTA stage (77 s) and backbone + ALTA (181 s) at a CLIP step of 0.47-0.49 s (RESULTS.md §8)
 
 
 def build_vocabulary(texts: list[str], folder: Path) -> Path:
