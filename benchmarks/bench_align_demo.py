@@ -177,5 +177,6 @@ def main(argv: list[str] | None = None) -> None:
                "loop / model, epoch 1", "loop / model, epoch 2"]  # fmt: skip
     print(markdown_table(headers, rows))
 
+
 if __name__ == "__main__":
     main()

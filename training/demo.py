@@ -60,7 +60,8 @@ logger = logging.getLogger("alta.demo")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PRETRAIN_STEPS = 400
 ALIGN_STEPS = 150
-CLIP_STEPS = [165, 370]  # the ALTA stage (77 s) and backbone + ALTA (181 s) at a CLIP step of 0.47-0.49 s (RESULTS.md §8)
+# The ALTA stage (77 s) and backbone + ALTA (181 s) at a CLIP step of 0.47-0.49 s beside another run (RESULTS.md §8)
+CLIP_STEPS = [165, 370]
 
 
 def build_vocabulary(texts: list[str], folder: Path) -> Path:

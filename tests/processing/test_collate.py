@@ -284,7 +284,9 @@ def test_a_sample_carrying_its_epoch_is_drawn_for_that_epoch(processor, tmp_path
     assert not torch.equal(stale["mask_noise"], told["mask_noise"])
 
 
-def test_cached_studies_collate_bitwise_as_decoded_ones_and_are_not_decoded_again(processor, tmp_path, monkeypatch, caplog):
+def test_cached_studies_collate_bitwise_as_decoded_ones_and_are_not_decoded_again(
+    processor, tmp_path, monkeypatch, caplog
+):
     import processing.datasets as datasets_module
     from processing.datasets import IndexedStudies, dataset_from_rows
     from tests.training.synthetic import write_studies
