@@ -11,7 +11,7 @@ about 10x slower than with `OMP_WAIT_POLICY=PASSIVE` (benchmarks/RESULTS.md §12
 `PASSIVE` (sleep at once) fixed that but costs a wake-up per region on an idle machine: the demo-size step took 1.3x
 the default's time there. The package sets `GOMP_SPINCOUNT=1000`, a short spin before sleeping, which measured as
 fast as or faster than `PASSIVE` in every case (idle: 0.87-0.97 of its step time; beside one busy process 0.81-1.01,
-beside three 0.97), and 2.6x faster than the default beside one busy process at full size.
+beside three 0.97), and 2.5x faster than the default beside one busy process at full size.
 
 libgomp reads these once, when torch loads it, so they cannot be changed from Python afterwards: the entry points
 (`training/align.py`, `training/demo.py`, `alta-embed`, `alta-evaluate`) call `configure_openmp()` before they import
