@@ -390,7 +390,7 @@ class IndexedStudies:
             them again in later epochs instead of reading and decoding their files (each process, and each
             DataLoader worker, holds its own cache). Decoding is deterministic and every later step (augmentation,
             resizing) makes new images, so training is bitwise the same with or without it; what it saves is the
-            decoding: about 1 ms of CPU per 146-pixel study in the demo, most of the loader's work. Studies are
+            reading and decoding: about 1 ms of CPU per study in the demo, half of the loader's time. Studies are
             kept in the order first read until the budget is full, then the rest are decoded each time (logged
             once). Images are held at their stored size, so the budget goes furthest for data stored near the
             training resolution.
