@@ -480,6 +480,7 @@ def serve(side, spec: dict, reply) -> None:
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
     )
     try:
         import transformers

@@ -165,7 +165,8 @@ def machine_lines(threads: int) -> list[str]:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- cpu: {model}, {cores} cores available; {threads} threads per worker",
         "- cpu flags: " + ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in flags.items()),
-        f"- OMP_WAIT_POLICY in the environment: {os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+        f"- OMP_WAIT_POLICY in the environment: {os.environ.get('OMP_WAIT_POLICY', 'unset')}, GOMP_SPINCOUNT: "
+        f"{os.environ.get('GOMP_SPINCOUNT', 'unset')}",
     ]
     return lines
 
@@ -516,12 +517,14 @@ def run_cases(args, spec: dict, workers: dict[str, Worker]) -> dict:
     lengths = spec["report_lengths"]
     print(
         f"- reference: torch {ref['torch']}, transformers {ref.get('transformers')}, OMP_WAIT_POLICY "
-        f"{ref.get('omp_wait_policy') or 'unset'}; parameters "
+        f"{ref.get('omp_wait_policy') or 'unset'}, GOMP_SPINCOUNT {ref.get('gomp_spincount') or 'unset'}; "
+        f"parameters "
         f"{ref['parameters']['total']:,}, trainable {ref['parameters']['trainable']:,}; {len(ref_prompts)} prompts"
     )
     print(
         f"- package: torch {pkg['torch']}, transformers {pkg.get('transformers')}, OMP_WAIT_POLICY "
-        f"{pkg.get('omp_wait_policy') or 'unset'}; parameters "
+        f"{pkg.get('omp_wait_policy') or 'unset'}, GOMP_SPINCOUNT {pkg.get('gomp_spincount') or 'unset'}; "
+        f"parameters "
         f"{pkg['parameters']['total']:,}, trainable {pkg['parameters']['trainable']:,}; {len(pkg_prompts)} prompts"
     )
     if sorted(ref_prompts) != sorted(pkg_prompts):
