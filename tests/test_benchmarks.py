@@ -60,6 +60,7 @@ def test_quick_run_prints_its_tables(script: str, request: pytest.FixtureRequest
         ("bench_issue14.py", "| text tower + MLM copy fwd+bwd, dropout"),
         ("bench_contention.py", "| this checkout, package | yes |"),
         ("bench_align_demo.py", "| this checkout |"),
+        ("bench_allocator.py", "| entry points (`configure_allocator`) |"),
     ],
 )
 def test_quick_run_of_data_and_training_benchmarks(

@@ -20,6 +20,7 @@ torch. A policy or spin count the user set (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`)
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from collections.abc import Mapping
@@ -38,9 +39,37 @@ def openmp_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
     return dict(DEFAULTS)
 
 
+# The user's own allocator choice wins: glibc's variables, or another malloc preloaded (jemalloc, tcmalloc).
+ALLOCATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
+MMAP_THRESHOLD = 256 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def configure_allocator() -> bool:
+    """Let glibc's malloc keep freed blocks up to 256 MiB in its heap for reuse instead of returning them to the
+    system, unless the user chose an allocator or its settings. Returns whether it applied.
+
+    A training step allocates and frees the same large buffers (activations, logits, gradients) every step. glibc
+    serves large blocks with `mmap` and gives freed heap tops back (trim), so each step touched fresh pages:
+    56,000-72,000 minor page faults per `alta-base` step, about 2,000 with this setting, and the step 2-11 % faster
+    (RESULTS.md §12). The cost: the process keeps its peak heap. Works at any time (unlike the OpenMP settings);
+    glibc only.
+    """
+    if not sys.platform.startswith("linux") or any(os.environ.get(name) for name in ALLOCATOR_SETTINGS):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+
+
 def configure_openmp() -> bool:
     """Set the package's OpenMP defaults in this process's environment, if torch is not loaded yet (afterwards they
-    would have no effect: libgomp has read them). Child processes inherit them. Returns whether they apply."""
+    would have no effect: libgomp has read them), and the allocator setting (`configure_allocator`). Child processes
+    inherit the environment. Returns whether the OpenMP defaults apply."""
+    configure_allocator()
     if "torch" in sys.modules:
         return False
     os.environ.update(openmp_environment())
@@ -63,4 +92,12 @@ def alta_evaluate() -> int:
     return main()
 
 
-__all__ = ["DEFAULTS", "USER_SETTINGS", "alta_embed", "alta_evaluate", "configure_openmp", "openmp_environment"]
+__all__ = [
+    "DEFAULTS",
+    "USER_SETTINGS",
+    "alta_embed",
+    "alta_evaluate",
+    "configure_allocator",
+    "configure_openmp",
+    "openmp_environment",
+]
