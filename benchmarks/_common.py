@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -232,6 +234,15 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 # -- output ----------------------------------------------------------------------------------------------------------
+
+
+def run_json_worker(code: str, env: dict[str, str], cwd: Path, what: str) -> dict:
+    """Run `code` with `python -c` in a fresh process (its own OpenMP and malloc settings, from `env`) and return the
+    JSON object its last line of output holds; a failing worker raises naming `what`, with its stderr's tail."""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what}: the run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

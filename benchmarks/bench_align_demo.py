@@ -20,12 +20,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 # `_common` puts the repository root on sys.path for the first-party imports that follow it.
-from _common import REPO_ROOT, machine_lines, markdown_table
+from _common import REPO_ROOT, machine_lines, markdown_table, run_json_worker
 
 
 WORKER = r"""
@@ -121,10 +119,7 @@ print(json.dumps({"first": first_rate, "loop": later_rate, "model": model_rate, 
 def run(tree: Path, env_extra: dict[str, str], spec: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(env_extra, PYTHONPATH=str(tree), ALTA_SPEC=json.dumps({**spec, "tree": str(tree)}))
-    proc = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, cwd=tree)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{tree}: the run failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_worker(WORKER, env, tree, str(tree))
 
 
 def main(argv: list[str] | None = None) -> None:

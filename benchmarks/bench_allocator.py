@@ -16,11 +16,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 
 # `_common` puts the repository root on sys.path for the first-party imports that follow it.
-from _common import REPO_ROOT, machine_lines, markdown_table
+from _common import REPO_ROOT, machine_lines, markdown_table, run_json_worker
 
 
 WORKER = r"""
@@ -73,10 +71,7 @@ CONFIGS = (("glibc defaults", False), ("entry points (`configure_allocator`)", T
 def run(spec: dict, configure: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.update(PYTHONPATH=str(REPO_ROOT), ALTA_SPEC=json.dumps({**spec, "configure": configure}))
-    proc = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_worker(WORKER, env, REPO_ROOT, "the allocator worker")
 
 
 def main(argv: list[str] | None = None) -> None:
