@@ -734,13 +734,16 @@ class AltaVisionAttention(nn.Module):
         """`[F, L, D]` -> (`[F, L, D]`, weights `[F, H, L, L]` or None)."""
         batch, length, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients in one pass, where three
+        # selects each zero-fill a qkv-sized gradient and then add the three up.
+        query, key, value = qkv.unbind(0)
         dropout = self.dropout if self.training else 0.0
         attention = _attention_function(self.config, output_attentions, dropout, hidden_states.device.type)
         out, weights = attention(
             self,
-            qkv[0],
-            qkv[1],
-            qkv[2],
+            query,
+            key,
+            value,
             None,
             dropout=dropout,
             scaling=self.scaling,

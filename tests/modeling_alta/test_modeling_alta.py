@@ -674,6 +674,25 @@ def test_text_tower_dropout_modules_and_attention_kernel() -> None:
     assert torch.equal(c, d) and not torch.allclose(c, a)  # train: dropout, reproducible from the seed
 
 
+def test_vision_attention_backward_stacks_the_qkv_gradient_once() -> None:
+    """q, k, v come from one `unbind` of the fused projection: its backward writes the three gradients into one
+    tensor, where indexing them out would zero-fill a qkv-sized gradient three times and add the three up."""
+    torch.manual_seed(0)
+    model = AltaModel(load_preset("alta-tiny")).train()
+    layer = model.vision_model.layers[0]
+    hidden = torch.randn(2, 5, layer.norm1.normalized_shape[0], requires_grad=True)
+    out, _ = layer.attn(hidden)
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen}
+    assert "UnbindBackward0" in names and "SelectBackward0" not in names, sorted(names)
+
+
 def test_mlm_head_runs_on_masked_positions_only_by_default() -> None:
     torch.manual_seed(0)
     config = load_preset("alta-tiny", vision_config={"image_size": 32, "reconstruction_image_size": 64})
