@@ -366,21 +366,18 @@ class PackageSide:
         from modeling_alta.modeling_alta import AltaForPreTraining
         from modeling_alta.processing_alta import AltaProcessor
         from processing.prompts import chexpert_5x200_prompts
+        from training.arguments import AlignArguments
         from training.build import build_optimizer
+        from training.threads import configure_allocator
 
+        configure_allocator()  # the malloc settings `align.py` runs with (its OpenMP ones come with the environment)
         torch.manual_seed(spec["seed"])
         self.config = load_preset(spec["preset"])
         self.model = AltaForPreTraining(self.config)
         self.model.freeze_backbone()
-        hyper = SimpleNamespace(
-            per_device_train_batch_size=spec["batch"],
-            gradient_accumulation_steps=1,
-            learning_rate=spec["learning_rate"],
-            base_learning_rate=None,
-            weight_decay=0.05,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            adam_epsilon=1e-8,
+        # `align.py`'s defaults (the reference's AdamW hyper-parameters, its groups, the fused implementation)
+        hyper = AlignArguments(
+            output_dir="unused", per_device_train_batch_size=spec["batch"], learning_rate=spec["learning_rate"]
         )
         self.optimizer, _ = build_optimizer(self.model, hyper, world_size=1)
         tokenizer = BertTokenizer.from_pretrained(str(workspace / TEXT_FOLDER))

@@ -102,7 +102,10 @@ torch.manual_seed(0)
 model = AltaForPreTraining(config)
 model.freeze_backbone()
 model.train()
-optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+# the tree's own optimizer (align.py's groups and implementation), so both sides of the ratio step alike
+from training.arguments import AlignArguments
+from training.build import build_optimizer
+optimizer, _ = build_optimizer(model, AlignArguments(output_dir='unused', learning_rate=1e-4), 1)
 def step(inputs):
     model(**inputs).loss.backward()
     optimizer.step()

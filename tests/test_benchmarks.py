@@ -24,6 +24,7 @@ CASES = {
         "| batch | PyTorch images/s | onnxruntime images/s",
         "- cpu flags:",
     ],
+    "bench_optimizer.py": ["## AdamW step", "| fused (adamw_torch_fused) |"],
     "bench_training.py": ["## Training step", "## Where the step goes", "## Local loss"],
     "bench_zeroshot.py": ["## Zero-shot CheXpert 5x200", "| dtype | prompts s (once)"],
 }

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 
 ADAPTER_METHODS = ("alta", "lora", "ia3", "full", "mae", "backbone")
+# `--optim` values: the names transformers' TrainingArguments uses for the same two torch optimizers.
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")
 
 
 @dataclass
@@ -157,6 +159,14 @@ class AlignArguments:
     adam_beta1: float = field(default=0.9)
     adam_beta2: float = field(default=0.95)
     adam_epsilon: float = field(default=1e-8)
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={
+            "help": "adamw_torch_fused: torch's AdamW as one fused kernel (4x faster than its for-loop at "
+            "alta-base on 2 CPU cores, benchmarks/RESULTS.md) or adamw_torch: its for-loop, as the reference; "
+            "they differ by float rounding."
+        },
+    )
     warmup_epochs: float = field(default=10.0, metadata={"help": "Linear warm-up length, in epochs."})
     schedule_epochs: float = field(default=100.0, metadata={"help": "Length the cosine schedule is laid out for."})
     max_epochs: float = field(default=30.0, metadata={"help": "Stop after this many epochs (the reference: 30)."})
@@ -226,6 +236,8 @@ class AlignArguments:
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16; got {self.mixed_precision!r}.")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"--optim must be one of {', '.join(OPTIMIZERS)}; got {self.optim!r}.")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError(
                 "--per_device_train_batch_size and --gradient_accumulation_steps must be >= 1; got "

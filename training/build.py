@@ -230,7 +230,11 @@ def apply_training_mode(model, model_args: ModelArguments) -> tuple[Any, dict[st
 
 def build_optimizer(model, args: AlignArguments, world_size: int) -> tuple[torch.optim.Optimizer, float]:
     """AdamW with the reference's groups (no decay on biases and tensors of at most one dimension) and the peak
-    learning rate (`--learning_rate`, or `--base_learning_rate` scaled by the effective batch / 256)."""
+    learning rate (`--learning_rate`, or `--base_learning_rate` scaled by the effective batch / 256).
+
+    `--optim adamw_torch_fused` (the default) runs torch's fused kernel, `adamw_torch` its for-loop. A loaded
+    optimizer state keeps the implementation chosen now (torch would otherwise restore the saved one with the saved
+    groups); resuming with another one is refused unless inexact resumes are allowed (`run_settings` records it)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -238,12 +242,20 @@ def build_optimizer(model, args: AlignArguments, world_size: int) -> tuple[torch
         (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
     peak = args.learning_rate if args.learning_rate is not None else args.base_learning_rate * effective / 256
+    fused = True if getattr(args, "optim", "adamw_torch") == "adamw_torch_fused" else None
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=peak,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
+        fused=fused,
     )
+
+    def keep_implementation(opt: torch.optim.Optimizer) -> None:
+        for group in opt.param_groups:
+            group["fused"], group["foreach"] = fused, None
+
+    optimizer.register_load_state_dict_post_hook(keep_implementation)
     return optimizer, peak
 
 

@@ -121,8 +121,13 @@ def run_settings(args: AlignArguments, num_processes: int, dataset) -> dict[str,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "seed": args.seed,
         "group_by_length": bool(getattr(args, "group_by_length", False)),
+        "optim": getattr(args, "optim", "adamw_torch"),
         "dataset": dataset_fingerprint(dataset),
     }
+
+
+# Settings recorded only by later versions, with the value every checkpoint without them was trained with.
+_SETTINGS_BEFORE_RECORDED = {"optim": "adamw_torch"}
 
 
 _SETTING_FLAGS = {
@@ -131,6 +136,7 @@ _SETTING_FLAGS = {
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     "seed": "--seed",
     "group_by_length": "--group_by_length",
+    "optim": "--optim",
     "dataset": "the training data (--dataset_path / --train_csv / --max_train_samples)",
 }
 
@@ -151,6 +157,7 @@ def check_resume_settings(
             path / STATE_FILE,
         )
         return state
+    recorded = {**_SETTINGS_BEFORE_RECORDED, **recorded}
     differences = [
         f"{_SETTING_FLAGS.get(key, key)}: checkpoint {recorded.get(key)!r}, now {current.get(key)!r}"
         for key in current

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 import processing.atomic as atomic
 from processing.atomic import atomic_write_text, staged_directory
 from training.align import NonFiniteLossError, NoReadableDataError, main
 from training.arguments import AlignArguments
+from training.build import build_optimizer
 from training.checkpoints import CheckpointError, resolve_checkpoint, verify_checkpoint
 from training.data import GlobalBatchSampler
 from training.notices import StudyNotices
@@ -242,8 +244,40 @@ def test_a_resume_with_other_settings_is_refused_unless_allowed(checkpointed, tm
     assert "pass --allow_inexact_resume" in str(info.value)
     with pytest.raises(CheckpointError, match=r"the training data .*checkpoint \{'studies': 12"):
         main(_argv(parity_dir, dataset, out, *resume, "--max_train_samples", "8"))
+    with pytest.raises(CheckpointError, match=r"--optim: checkpoint 'adamw_torch_fused', now 'adamw_torch'"):
+        main(_argv(parity_dir, dataset, out, *resume, "--optim", "adamw_torch"))
     result = main([*argv, "--allow_inexact_resume"])
     assert result["global_step"] == 4
+
+
+def test_a_checkpoint_from_before_optim_was_recorded_resumes_only_with_the_for_loop_adamw(
+    checkpointed, tmp_path, parity_dir, dataset
+):
+    out = _copy_run(checkpointed, tmp_path)
+    step3 = out / "checkpoints" / "step-00000003"
+    state = _state(step3)
+    del state["checkpoint"]  # written before manifests (and before `optim` was recorded)
+    del state["settings"]["optim"]
+    (step3 / "trainer_state.json").write_text(json.dumps(state))
+    resume = ["--max_steps", "4", "--resume_from_checkpoint", str(step3)]
+    with pytest.raises(CheckpointError, match=r"--optim: checkpoint 'adamw_torch', now 'adamw_torch_fused'"):
+        main(_argv(parity_dir, dataset, out, *resume))
+    assert main(_argv(parity_dir, dataset, out, *resume, "--optim", "adamw_torch"))["global_step"] == 4
+
+
+@pytest.mark.parametrize(("saved", "now", "fused"), [("adamw_torch", "adamw_torch_fused", True),
+                                                     ("adamw_torch_fused", "adamw_torch", None)])  # fmt: skip
+def test_a_loaded_optimizer_state_keeps_the_implementation_asked_for(saved, now, fused):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    before, _ = build_optimizer(model, AlignArguments(output_dir="unused", optim=saved), world_size=1)
+    model(torch.randn(2, 3)).sum().backward()
+    before.step()
+    after, _ = build_optimizer(model, AlignArguments(output_dir="unused", optim=now), world_size=1)
+    after.load_state_dict(before.state_dict())  # torch alone would restore the saved groups' `fused`
+    assert [g["fused"] for g in after.param_groups] == [fused, fused]
+    assert after.state_dict()["state"].keys() == before.state_dict()["state"].keys()
+    with pytest.raises(ValueError, match=r"--optim must be one of adamw_torch_fused, adamw_torch; got 'sgd'"):
+        AlignArguments(output_dir="unused", optim="sgd")
 
 
 # ---------------------------------------------------------------------------------------------------------------
