@@ -163,7 +163,7 @@ def set_up(model_args: ModelArguments, data_args: DataArguments, args: AlignArgu
     loader, sampler, collator = build_dataloader(
         dataset, processor, config.vision_config, data_args, args, accelerator
     )
-    optimizer, peak_lr = build_optimizer(model, args, accelerator.num_processes)
+    optimizer, peak_lr = build_optimizer(model, args, accelerator.num_processes, accelerator.device)
     loss_fn = AltaPretrainingLoss.from_config(config)
     model, optimizer = accelerator.prepare(model, optimizer)
 

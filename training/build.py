@@ -228,13 +228,25 @@ def apply_training_mode(model, model_args: ModelArguments) -> tuple[Any, dict[st
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_optimizer(model, args: AlignArguments, world_size: int) -> tuple[torch.optim.Optimizer, float]:
+def _fused_adamw_devices() -> list[str]:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch that moved the helper: the devices it has had since fused AdamW exists
+        return ["cpu", "cuda"]
+    return list(_get_fused_kernels_supported_devices())
+
+
+def build_optimizer(
+    model, args: AlignArguments, world_size: int, device: torch.device | None = None
+) -> tuple[torch.optim.Optimizer, float]:
     """AdamW with the reference's groups (no decay on biases and tensors of at most one dimension) and the peak
     learning rate (`--learning_rate`, or `--base_learning_rate` scaled by the effective batch / 256).
 
     `--optim adamw_torch_fused` (the default) runs torch's fused kernel, `adamw_torch` its for-loop. A loaded
     optimizer state keeps the implementation chosen now (torch would otherwise restore the saved one with the saved
-    groups); resuming with another one is refused unless inexact resumes are allowed (`run_settings` records it)."""
+    groups); resuming with another one is refused unless inexact resumes are allowed (`run_settings` records it).
+    `device` is where training will run (the parameters may still be elsewhere): a device without the fused kernel
+    is refused here, naming `--optim`, rather than at the first step."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -243,6 +255,11 @@ def build_optimizer(model, args: AlignArguments, world_size: int) -> tuple[torch
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
     peak = args.learning_rate if args.learning_rate is not None else args.base_learning_rate * effective / 256
     fused = True if getattr(args, "optim", "adamw_torch") == "adamw_torch_fused" else None
+    if fused and device is not None and torch.device(device).type not in _fused_adamw_devices():
+        raise ValueError(
+            f"--optim adamw_torch_fused: torch has no fused AdamW for the device {str(device)!r} (it has one for "
+            f"{', '.join(_fused_adamw_devices())}); pass --optim adamw_torch."
+        )
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=peak,

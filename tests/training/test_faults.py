@@ -278,6 +278,9 @@ def test_a_loaded_optimizer_state_keeps_the_implementation_asked_for(saved, now,
     assert after.state_dict()["state"].keys() == before.state_dict()["state"].keys()
     with pytest.raises(ValueError, match=r"--optim must be one of adamw_torch_fused, adamw_torch; got 'sgd'"):
         AlignArguments(output_dir="unused", optim="sgd")
+    with pytest.raises(ValueError, match=r"no fused AdamW for the device 'meta' .* pass --optim adamw_torch"):
+        build_optimizer(model, AlignArguments(output_dir="unused"), 1, device=torch.device("meta"))
+    assert build_optimizer(model, AlignArguments(output_dir="unused", optim="adamw_torch"), 1, torch.device("meta"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
