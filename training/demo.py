@@ -60,7 +60,8 @@ logger = logging.getLogger("alta.demo")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PRETRAIN_STEPS = 400
 ALIGN_STEPS = 150
-# The ALTA stage (77 s) and backbone + ALTA (181 s) at a CLIP step of 0.47-0.49 s beside another run (RESULTS.md §8)
+# The ALTA stage and backbone + ALTA in CLIP steps beside another run: timed when those took 77 s and 181 s (CLIP
+# step 0.47-0.49 s); every re-run since checks they still match (RESULTS.md §8: 64 s vs 63 s, 158 s vs 153 s)
 CLIP_STEPS = [165, 370]
 
 
